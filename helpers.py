@@ -1,0 +1,35 @@
+"""The functions the notebooks call: one import for the whole reverse image search.
+
+The logic lives in the `imagesearch` package, one module per stage:
+images (list, load) -> embedders + extract (embed) -> index (build, save, load)
+-> query, display, app (answer and show). See README.md for the flow.
+"""
+
+from imagesearch.app import SearchApp
+from imagesearch.display import plot_embedding_map, show_images, show_results
+from imagesearch.embedders import (
+    Embedder,
+    EmbedderInfo,
+    RandomWeightsWarning,
+    ResNet50Embedder,
+    TFLiteEmbedder,
+    WeightsUnavailableError,
+    make_embedder,
+)
+from imagesearch.evaluate import evaluate, group_of, precision_at_k, self_search_facts
+from imagesearch.extract import (
+    Embeddings,
+    ImageRecord,
+    Skipped,
+    extract_embeddings,
+    load_embeddings,
+    read_skipped,
+    save_embeddings,
+)
+from imagesearch.images import ImageLoadError, list_images, load_image, load_thumbnail
+from imagesearch.index import Hit, SearchIndex, build_index, load_index, save_index
+from imagesearch.query import EmbedderMismatchError, check_compatible, search_image, search_indexed
+from imagesearch.storage import ArtifactError, embeddings_dir, index_dir
+
+
+__all__ = [name for name in dir() if not name.startswith("_")]

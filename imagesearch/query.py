@@ -1,0 +1,41 @@
+"""Queries: by an indexed image, by any image file, or by uploaded bytes."""
+
+from __future__ import annotations
+
+from .embedders import Embedder
+from .images import ImageSource, load_image
+from .index import Hit, SearchIndex
+
+
+class EmbedderMismatchError(ValueError):
+    """The query embedder is not the one that built the index; distances would be meaningless."""
+
+
+def check_compatible(search_index: SearchIndex, embedder: Embedder) -> None:
+    """Raise `EmbedderMismatchError` unless `embedder` produced the vectors in `search_index`."""
+    if embedder.info != search_index.embedder:
+        raise EmbedderMismatchError(
+            f"the index was built from {search_index.embedder}, but queries would be embedded "
+            f"with {embedder.info}; load the same backbone and weights, or rebuild the index "
+            "with this embedder"
+        )
+
+
+def search_indexed(search_index: SearchIndex, path: str, k: int, include_self: bool = False) -> list[Hit]:
+    """Return the `k` nearest neighbours of an indexed image; the image itself only if `include_self`."""
+    wanted = k if include_self else k + 1
+    (hits,) = search_index.search(search_index.vector(path), wanted)
+    if not include_self:
+        hits = [hit for hit in hits if hit.path != path]
+    return [Hit(rank, hit.path, hit.distance) for rank, hit in enumerate(hits[:k])]
+
+
+def search_image(search_index: SearchIndex, embedder: Embedder, source: ImageSource, k: int) -> list[Hit]:
+    """Embed an outside image (a file path, or bytes such as an upload) and return its `k` nearest neighbours.
+
+    Raises `ImageLoadError` with a readable reason when `source` is not an image.
+    """
+    check_compatible(search_index, embedder)
+    pixels = load_image(source, embedder.info.input_size)
+    (hits,) = search_index.search(embedder.embed(pixels[None]), k)
+    return hits

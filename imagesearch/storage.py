@@ -1,0 +1,88 @@
+"""Crash-safe file writes and the small JSON metadata files that describe saved state."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+#: Files we write get the permissions the user's umask allows, as `open` would give them.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+#: Bumped whenever the layout of saved embeddings or indexes changes.
+FORMAT_VERSION = 1
+
+
+def embeddings_dir(artifacts: str | os.PathLike) -> Path:
+    """Where the embeddings of a collection live inside its artifacts folder."""
+    return Path(artifacts) / "embeddings"
+
+
+def index_dir(artifacts: str | os.PathLike) -> Path:
+    """Where the index of a collection lives inside its artifacts folder."""
+    return Path(artifacts) / "index"
+
+
+class ArtifactError(RuntimeError):
+    """Saved state is missing, from another format, or inconsistent; the message says how to fix it."""
+
+
+@contextmanager
+def atomic_path(destination: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `destination`; on success, move it into place atomically.
+
+    Whatever is written to the yielded path replaces `destination` only once it
+    is complete and flushed to disk, so a crash or an error midway leaves the
+    previous file whole. On error the temporary file is removed.
+    """
+    destination = Path(destination)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    handle, name = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent)
+    os.close(handle)
+    temporary = Path(name)
+    temporary.chmod(0o666 & ~_UMASK)
+    try:
+        yield temporary
+        with open(temporary, "rb+") as written:
+            os.fsync(written.fileno())
+        os.replace(temporary, destination)
+        _fsync_directory(destination.parent)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def write_json(path: str | os.PathLike, data: dict) -> None:
+    """Write `data` as indented JSON to `path`, atomically."""
+    with atomic_path(path) as temporary:
+        temporary.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def read_json(path: str | os.PathLike, kind: str) -> dict:
+    """Read a metadata file written by `write_json` and check that it is a `kind` file of our format."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"{path} is missing: run the step that writes the {kind} first")
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if data.get("kind") != kind or data.get("format_version") != FORMAT_VERSION:
+        raise ArtifactError(
+            f"{path} is not a {kind} file of format version {FORMAT_VERSION} "
+            f"(found kind={data.get('kind')!r}, version={data.get('format_version')!r}); "
+            f"rebuild the {kind} with this version of the code"
+        )
+    return data
+
+
+def _fsync_directory(directory: Path) -> None:
+    # Makes the rename itself durable; not every platform can open a directory.
+    try:
+        descriptor = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
