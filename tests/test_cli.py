@@ -1,0 +1,73 @@
+"""The command line, run as a person would: `python -m imagesearch build` then `query`, in subprocesses."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+IMAGES = ["cats/one.jpg", "cats/two.png", "dogs/three.jpg", "four.jpg"]
+RESULT_LINE = re.compile(r"^\s*(\d+)\s+(\d+\.\d+)\s+(\S+)$")
+
+
+@pytest.fixture(scope="module")
+def run(repo_root):
+    def run_cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "imagesearch", *args],
+            cwd=repo_root, capture_output=True, text=True, timeout=300,
+        )
+
+    return run_cli
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, make_image, run):
+    """A collection of four small images, built into artifacts with random weights."""
+    images = tmp_path_factory.mktemp("cli_images")
+    for name in IMAGES:
+        make_image(images / name, size=(40, 40))
+    artifacts = tmp_path_factory.mktemp("cli_artifacts")
+    result = run("build", "--weights", "random", "--images", str(images), "--artifacts", str(artifacts), "-k", "2")
+    return images, artifacts, result
+
+
+def test_build_embeds_the_images_and_writes_embeddings_index_and_example(built):
+    _, artifacts, result = built
+    assert result.returncode == 0, result.stderr
+    assert "4 images embedded" in result.stdout
+    for name in [
+        "embeddings/embeddings.npy", "embeddings/manifest.json", "embeddings/skipped.csv",
+        "index/index.faiss", "index/index.json", "example_queries.jpg",
+    ]:
+        assert (artifacts / name).is_file(), name
+
+
+def test_query_prints_k_results_with_the_identical_image_first(built, run):
+    images, artifacts, _ = built
+    query = str(images / "dogs/three.jpg")
+    result = run("query", query, "--weights", "random", "--artifacts", str(artifacts), "-k", "2")
+    assert result.returncode == 0, result.stderr
+    lines = [match.groups() for match in map(RESULT_LINE.match, result.stdout.splitlines()) if match]
+    assert len(lines) == 2
+    assert [rank for rank, _, _ in lines] == ["1", "2"]
+    assert lines[0][2] == "dogs/three.jpg"
+    assert lines[1][2] in IMAGES and lines[1][2] != "dogs/three.jpg"
+
+
+def test_query_against_empty_artifacts_exits_2_saying_what_is_missing(tmp_path, make_image, run):
+    image = make_image(tmp_path / "photo.jpg")
+    result = run("query", str(image), "--weights", "random", "--artifacts", str(tmp_path / "artifacts"))
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1
+    assert "missing" in errors[0]
+
+
+def test_evaluate_prints_precision_at_k_over_every_indexed_image(built, run):
+    _, artifacts, _ = built
+    result = run("evaluate", "--artifacts", str(artifacts), "-k", "2")
+    assert result.returncode == 0, result.stderr
+    assert re.match(r"precision@2 = [01]\.\d{3} over 4 queries \(resnet50 ", result.stdout)

@@ -1,0 +1,95 @@
+"""Retrieval quality measures: groups from file names, precision@k, neighbours without self."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from imagesearch.evaluate import evaluate, group_of, neighbour_rows, precision_at_k
+from imagesearch.index import build_index
+
+GROUPS, MEMBERS = 4, 6
+
+
+@pytest.fixture(scope="module")
+def clustered(make_embeddings):
+    """Four tight, far-apart clusters of six 8-d vectors; each path names its cluster as group."""
+    rng = np.random.default_rng(0)
+    centres = rng.normal(scale=100, size=(GROUPS, 8))
+    vectors = np.concatenate([centre + rng.normal(size=(MEMBERS, 8)) for centre in centres])
+    paths = [f"set{g}/group{g}__v{m}.jpg" for g in range(GROUPS) for m in range(MEMBERS)]
+    return vectors, paths
+
+
+@pytest.mark.parametrize(
+    "path, group",
+    [
+        ("sub/cat__mirror.jpg", "cat"),
+        ("cat__original.jpg", "cat"),
+        ("a/b/red_panda__blur__2.png", "red_panda"),
+    ],
+)
+def test_group_of_is_the_file_name_up_to_the_separator(path, group):
+    assert group_of(path) == group
+
+
+def test_precision_at_k_on_a_hand_worked_example():
+    labels = np.array(["cat", "cat", "cat", "dog", "dog", "dog"])
+    neighbours = np.array([
+        [1, 2],  # cat: cat cat  2/2
+        [0, 3],  # cat: cat dog  1/2
+        [0, 4],  # cat: cat dog  1/2
+        [4, 5],  # dog: dog dog  2/2
+        [3, 5],  # dog: dog dog  2/2
+        [0, 3],  # dog: cat dog  1/2
+    ])
+    assert precision_at_k(neighbours, labels) == pytest.approx(9 / 12)
+
+
+def test_neighbour_rows_are_the_k_nearest_others(make_embeddings):
+    vectors = np.random.default_rng(0).normal(size=(30, 8)).astype(np.float32)
+    index = build_index(make_embeddings(vectors, [f"img_{row}.jpg" for row in range(30)]))
+    rows = neighbour_rows(index, k=4)
+    assert rows.shape == (30, 4)
+    for row, others in enumerate(rows):
+        distances = ((vectors - vectors[row]) ** 2).sum(axis=1)
+        distances[row] = np.inf
+        assert list(others) == list(np.argsort(distances)[:4])
+
+
+def test_neighbour_rows_with_duplicate_images_keep_the_twin_and_drop_self(make_embeddings):
+    vectors = np.random.default_rng(0).normal(size=(10, 8)).astype(np.float32)
+    vectors[1] = vectors[0]  # the same image twice: FAISS may list either first
+    index = build_index(make_embeddings(vectors, [f"img_{row}.jpg" for row in range(10)]))
+    rows = neighbour_rows(index, k=3)
+    assert rows.shape == (10, 3)
+    assert rows[0, 0] == 1 and rows[1, 0] == 0
+    assert not (rows == np.arange(10)[:, None]).any()
+
+
+def test_neighbour_rows_need_more_images_than_k(make_embeddings):
+    index = build_index(make_embeddings(np.eye(3), ["a.jpg", "b.jpg", "c.jpg"]))
+    with pytest.raises(ValueError, match="more than k=3"):
+        neighbour_rows(index, k=3)
+
+
+def test_evaluate_is_perfect_on_well_separated_groups(make_embeddings, clustered):
+    vectors, paths = clustered
+    assert evaluate(build_index(make_embeddings(vectors, paths)), k=MEMBERS - 1) == 1.0
+
+
+def test_evaluate_drops_to_chance_when_labels_do_not_match_the_geometry(make_embeddings, clustered):
+    vectors, paths = clustered
+    shuffled = list(np.random.default_rng(1).permutation(paths))
+    precision = evaluate(build_index(make_embeddings(vectors, shuffled)), k=MEMBERS - 1)
+    assert precision < 0.5  # chance is 5/23, about 0.22
+
+
+def test_evaluate_works_on_an_ivf_index_with_a_small_cluster(make_embeddings):
+    rng = np.random.default_rng(0)
+    sizes = [60, 60, 60, 3]  # the last cluster has fewer members than k + 1
+    centres = rng.normal(scale=100, size=(len(sizes), 8))
+    vectors = np.concatenate([c + rng.normal(size=(n, 8)) for c, n in zip(centres, sizes)])
+    paths = [f"g{g}__{m}.jpg" for g, n in enumerate(sizes) for m in range(n)]
+    index = build_index(make_embeddings(vectors, paths), "IVF4,Flat")
+    assert 0.9 <= evaluate(index, k=5) <= 1.0

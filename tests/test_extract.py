@@ -1,0 +1,197 @@
+"""Embedding extraction over a folder, saving and loading the embeddings, and crash-safe writes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from imagesearch.extract import (
+    EMBEDDINGS_FILE,
+    MANIFEST_FILE,
+    SKIPPED_FILE,
+    extract_embeddings,
+    load_embeddings,
+    save_embeddings,
+)
+from imagesearch.images import load_image
+from imagesearch.storage import FORMAT_VERSION, ArtifactError, atomic_path
+
+GOOD = ["a.jpg", "nested/b.png", "nested/d.JPG", "nested/deeper/c.gif", "z.webp"]  # in list_images order
+BAD = ["broken/cut.jpg", "broken/empty.jpg", "broken/notes.png"]
+
+
+class CountingEmbedder:
+    """An observer around a real embedder: delegates every call and records each batch's size."""
+
+    def __init__(self, inner):
+        self.inner, self.info, self.batch_sizes = inner, inner.info, []
+
+    def embed(self, images: np.ndarray) -> np.ndarray:
+        self.batch_sizes.append(len(images))
+        return self.inner.embed(images)
+
+
+@pytest.fixture(scope="module")
+def messy_folder(tmp_path_factory, make_image):
+    """Five readable images in nested folders, and three broken files that look like images."""
+    root = tmp_path_factory.mktemp("messy")
+    for name in GOOD:
+        make_image(root / name, size=(48, 36))
+    (root / "broken").mkdir()
+    (root / "broken" / "empty.jpg").write_bytes(b"")
+    (root / "broken" / "notes.png").write_text("not a picture\n")
+    whole = make_image(root / "broken" / "cut.jpg", size=(96, 96)).read_bytes()
+    (root / "broken" / "cut.jpg").write_bytes(whole[: len(whole) // 2])
+    return root
+
+
+@pytest.fixture(scope="module")
+def messy_embeddings(messy_folder, random_resnet):
+    return extract_embeddings(messy_folder, random_resnet, batch_size=4, progress=False)
+
+
+def test_extract_embeds_readable_images_and_skips_broken_files_with_reasons(
+    messy_folder, messy_embeddings, random_resnet
+):
+    assert messy_embeddings.paths == GOOD
+    assert [skip.path for skip in messy_embeddings.skipped] == BAD
+    assert all(skip.reason.strip() for skip in messy_embeddings.skipped)
+    assert messy_embeddings.vectors.shape == (5, 2048)
+    assert messy_embeddings.vectors.dtype == np.float32
+    assert messy_embeddings.embedder == random_resnet.info
+    assert messy_embeddings.image_root == str(messy_folder)
+    assert [item.size for item in messy_embeddings.items] == [(messy_folder / p).stat().st_size for p in GOOD]
+    assert messy_embeddings.summary().startswith("5 images embedded, 3 skipped")
+
+
+def test_extract_rows_follow_the_order_of_items(messy_folder, messy_embeddings, random_resnet):
+    vectors = messy_embeddings.vectors
+    for row, item in enumerate(messy_embeddings.items):
+        (alone,) = random_resnet.embed(load_image(messy_folder / item.path)[None])
+        assert np.allclose(alone, vectors[row], rtol=0, atol=1e-4 * np.abs(vectors).max()), item.path
+        assert np.argmin(np.linalg.norm(vectors - alone, axis=1)) == row, item.path
+
+
+def test_extract_embeds_in_batches_one_model_call_per_batch(tmp_path, make_image, random_resnet):
+    for i in range(7):
+        make_image(tmp_path / f"img{i}.png", size=(32, 32))
+    counting = CountingEmbedder(random_resnet)
+    in_threes = extract_embeddings(tmp_path, counting, batch_size=3, progress=False)
+    assert counting.batch_sizes == [3, 3, 1]
+
+    counting.batch_sizes.clear()
+    at_once = extract_embeddings(tmp_path, counting, batch_size=32, progress=False)
+    assert counting.batch_sizes == [7]
+    assert in_threes.paths == at_once.paths
+    assert np.allclose(in_threes.vectors, at_once.vectors, rtol=0, atol=1e-4 * np.abs(at_once.vectors).max())
+
+
+def test_extract_of_a_folder_without_images_gives_an_empty_matrix_and_no_model_call(tmp_path, random_resnet):
+    (tmp_path / "readme.txt").write_text("no pictures here")
+    counting = CountingEmbedder(random_resnet)
+    embeddings = extract_embeddings(tmp_path, counting, progress=False)
+    assert embeddings.vectors.shape == (0, 2048)
+    assert embeddings.items == [] and embeddings.skipped == []
+    assert counting.batch_sizes == []
+
+
+@pytest.mark.parametrize("batch_size", [0, -1])
+def test_extract_rejects_a_batch_size_below_one(tmp_path, random_resnet, batch_size):
+    with pytest.raises(ValueError, match="batch_size"):
+        extract_embeddings(tmp_path, random_resnet, batch_size=batch_size)
+
+
+# --- save_embeddings / load_embeddings -----------------------------------------------------------
+
+
+@pytest.fixture
+def saved(tmp_path, messy_embeddings):
+    """A folder written by save_embeddings from the messy extraction."""
+    directory = tmp_path / "embeddings"
+    save_embeddings(messy_embeddings, directory)
+    return directory
+
+
+def test_save_then_load_embeddings_gives_back_the_same_embeddings(tmp_path, messy_embeddings):
+    written = save_embeddings(messy_embeddings, tmp_path / "embeddings")
+    assert sorted(path.name for path in written) == sorted([EMBEDDINGS_FILE, MANIFEST_FILE, SKIPPED_FILE])
+    loaded = load_embeddings(tmp_path / "embeddings")
+    assert loaded.vectors.dtype == np.float32
+    assert loaded.vectors.tobytes() == messy_embeddings.vectors.tobytes()
+    assert loaded.items == messy_embeddings.items
+    assert loaded.skipped == messy_embeddings.skipped
+    assert loaded.embedder == messy_embeddings.embedder
+    assert loaded.image_root == messy_embeddings.image_root
+
+
+def test_load_embeddings_with_wrong_row_count_raises_artifact_error(saved):
+    vectors = np.load(saved / EMBEDDINGS_FILE)
+    np.save(saved / EMBEDDINGS_FILE, vectors[:-1])
+    with pytest.raises(ArtifactError, match="extract the embeddings again"):
+        load_embeddings(saved)
+
+
+def test_load_embeddings_without_manifest_raises_artifact_error(saved):
+    (saved / MANIFEST_FILE).unlink()
+    with pytest.raises(ArtifactError, match="missing"):
+        load_embeddings(saved)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"format_version": FORMAT_VERSION + 1}, {"format_version": None}, {"kind": "index"}],
+    ids=["newer-format", "no-format", "index-manifest"],
+)
+def test_load_embeddings_of_another_format_or_kind_raises_artifact_error(saved, change):
+    manifest = json.loads((saved / MANIFEST_FILE).read_text())
+    (saved / MANIFEST_FILE).write_text(json.dumps({**manifest, **change}))
+    with pytest.raises(ArtifactError, match="format version"):
+        load_embeddings(saved)
+
+
+def test_load_embeddings_without_vectors_file_raises_artifact_error(saved):
+    (saved / EMBEDDINGS_FILE).unlink()
+    with pytest.raises(ArtifactError, match="extract the embeddings again"):
+        load_embeddings(saved)
+
+
+# --- atomic writes -------------------------------------------------------------------------------
+
+
+def test_atomic_path_error_keeps_previous_file_and_leaves_no_temporary_file(tmp_path):
+    target = tmp_path / "state.json"
+    target.write_text("previous")
+    with pytest.raises(RuntimeError, match="crash midway"):
+        with atomic_path(target) as temporary:
+            temporary.write_text("half-writ")
+            raise RuntimeError("crash midway")
+    assert target.read_text() == "previous"
+    assert list(tmp_path.iterdir()) == [target]
+
+
+def test_atomic_path_success_replaces_file_and_leaves_no_temporary_file(tmp_path):
+    target = tmp_path / "state.json"
+    target.write_text("previous")
+    with atomic_path(target) as temporary:
+        assert temporary.parent == tmp_path and temporary != target
+        temporary.write_text("new")
+    assert target.read_text() == "new"
+    assert list(tmp_path.iterdir()) == [target]
+
+
+def test_saved_files_get_umask_permissions_not_private_temp_file_permissions(tmp_path, repo_root):
+    # The umask is process state that storage reads at import, so set it for a fresh process.
+    script = (
+        "import sys, numpy as np\n"
+        "from imagesearch.embedders import EmbedderInfo\n"
+        "from imagesearch.extract import Embeddings, save_embeddings\n"
+        "info = EmbedderInfo('test', 'none', 4, (224, 224))\n"
+        "save_embeddings(Embeddings(np.zeros((0, 4), np.float32), [], info, 'images'), sys.argv[1])\n"
+    )
+    subprocess.run([sys.executable, "-c", script, str(tmp_path)], cwd=repo_root, check=True, umask=0o022)
+    modes = {path.name: oct(path.stat().st_mode & 0o777) for path in tmp_path.iterdir()}
+    assert modes == {name: oct(0o644) for name in [EMBEDDINGS_FILE, MANIFEST_FILE, SKIPPED_FILE]}

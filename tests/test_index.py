@@ -1,0 +1,191 @@
+"""The FAISS index: build, search, save and load; queries by indexed image and by outside image."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from imagesearch.evaluate import self_search_facts
+from imagesearch.images import ImageLoadError
+from imagesearch.index import INDEX_FILE, METADATA_FILE, build_index, load_index, save_index
+from imagesearch.query import EmbedderMismatchError, check_compatible, search_image, search_indexed
+from imagesearch.storage import ArtifactError
+
+
+@pytest.fixture(scope="module")
+def vectors() -> np.ndarray:
+    return np.random.default_rng(0).normal(size=(50, 16)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def embeddings(make_embeddings, vectors):
+    return make_embeddings(vectors, [f"dir/img_{row:02d}.jpg" for row in range(len(vectors))], image_root="/photos")
+
+
+@pytest.fixture(scope="module")
+def flat(embeddings):
+    return build_index(embeddings, "Flat")
+
+
+def brute_force_paths(vectors: np.ndarray, query: np.ndarray, paths: list[str], k: int) -> list[str]:
+    order = np.argsort(((vectors - query) ** 2).sum(axis=1), kind="stable")
+    return [paths[row] for row in order[:k]]
+
+
+def test_build_flat_index_holds_every_vector_with_its_path(flat, embeddings):
+    assert len(flat) == flat.index.ntotal == 50
+    assert flat.index.d == 16
+    assert flat.paths == embeddings.paths
+    assert flat.embedder == embeddings.embedder
+    assert (flat.factory, flat.image_root) == ("Flat", "/photos")
+
+
+def test_every_indexed_vector_finds_itself_first(flat):
+    assert self_search_facts(flat) == {
+        "itself first": True, "distance to itself about 0": True, "distances sorted": True,
+    }
+
+
+def test_search_returns_k_exact_nearest_sorted_by_distance(flat, vectors):
+    results = flat.search(vectors[:5], k=7)
+    assert len(results) == 5
+    for query, hits in zip(vectors[:5], results):
+        assert [hit.rank for hit in hits] == list(range(7))
+        assert [hit.path for hit in hits] == brute_force_paths(vectors, query, flat.paths, 7)
+        distances = [hit.distance for hit in hits]
+        assert distances == sorted(distances)
+
+
+def test_search_with_k_beyond_the_index_size_returns_every_image_once(flat, vectors):
+    (hits,) = flat.search(vectors[0], k=80)
+    assert len(hits) == 50
+    assert sorted(hit.path for hit in hits) == sorted(flat.paths)
+
+
+def test_search_with_query_of_wrong_dimension_raises_value_error(flat):
+    with pytest.raises(ValueError, match="8-d but the index holds 16-d"):
+        flat.search(np.zeros(8, np.float32), k=3)
+
+
+def test_row_of_and_vector_give_an_indexed_image_back(flat, vectors):
+    assert flat.row_of("dir/img_07.jpg") == 7
+    assert np.array_equal(flat.vector("dir/img_07.jpg"), vectors[7])
+
+
+def test_row_of_an_unknown_path_raises_key_error(flat):
+    with pytest.raises(KeyError, match="not in the index"):
+        flat.row_of("dir/elsewhere.jpg")
+
+
+@pytest.mark.parametrize("factory", ["Flat", "IVF4,Flat", "HNSW8"])
+def test_save_then_load_index_answers_the_same(tmp_path, make_embeddings, factory):
+    data = np.random.default_rng(1).normal(size=(200, 16)).astype(np.float32)  # enough to train IVF4
+    original = build_index(make_embeddings(data, [f"img_{row:03d}.jpg" for row in range(200)]), factory)
+    written = save_index(original, tmp_path)
+    assert sorted(path.name for path in written) == sorted([INDEX_FILE, METADATA_FILE])
+    loaded = load_index(tmp_path)
+    assert (loaded.paths, loaded.embedder, loaded.factory, loaded.image_root) == (
+        original.paths, original.embedder, original.factory, original.image_root,
+    )
+    assert loaded.search(data[:10], k=5) == original.search(data[:10], k=5)
+
+
+def test_approximate_ivf_index_trains_and_finds_each_vector_itself(make_embeddings):
+    data = np.random.default_rng(2).normal(size=(200, 16)).astype(np.float32)
+    ivf = build_index(make_embeddings(data, [f"img_{row:03d}.jpg" for row in range(200)]), "IVF4,Flat")
+    assert ivf.index.is_trained
+    assert len(ivf) == 200
+    for row, hits in enumerate(ivf.search(data[:20], k=5)):
+        assert hits[0].path == f"img_{row:03d}.jpg"  # a vector's own list is the one probed
+        assert 1 <= len(hits) <= 5
+        assert [hit.distance for hit in hits] == sorted(hit.distance for hit in hits)
+
+
+def test_search_indexed_works_on_an_ivf_index(make_embeddings):
+    data = np.random.default_rng(2).normal(size=(200, 16)).astype(np.float32)
+    ivf = build_index(make_embeddings(data, [f"img_{row:03d}.jpg" for row in range(200)]), "IVF4,Flat")
+    hits = search_indexed(ivf, "img_000.jpg", k=3, include_self=True)
+    assert hits[0].path == "img_000.jpg"
+
+
+def test_load_index_with_metadata_listing_another_number_of_images_raises_artifact_error(tmp_path, flat):
+    save_index(flat, tmp_path)
+    metadata = json.loads((tmp_path / METADATA_FILE).read_text())
+    metadata["paths"] = metadata["paths"][:-1]
+    (tmp_path / METADATA_FILE).write_text(json.dumps(metadata))
+    with pytest.raises(ArtifactError, match="build the index again"):
+        load_index(tmp_path)
+
+
+@pytest.mark.parametrize("removed", [INDEX_FILE, METADATA_FILE])
+def test_load_index_with_a_missing_file_raises_artifact_error(tmp_path, flat, removed):
+    save_index(flat, tmp_path)
+    (tmp_path / removed).unlink()
+    with pytest.raises(ArtifactError, match="missing"):
+        load_index(tmp_path)
+
+
+# --- queries --------------------------------------------------------------------------------------
+
+
+def test_load_index_of_a_corrupt_index_file_raises_artifact_error(tmp_path, flat):
+    save_index(flat, tmp_path)
+    (tmp_path / INDEX_FILE).write_bytes(b"not a faiss index")
+    with pytest.raises(ArtifactError, match="not a readable FAISS index"):
+        load_index(tmp_path)
+
+
+def test_search_indexed_excludes_the_query_image_by_default(flat):
+    hits = search_indexed(flat, "dir/img_03.jpg", k=4)
+    assert len(hits) == 4
+    assert "dir/img_03.jpg" not in [hit.path for hit in hits]
+    assert [hit.rank for hit in hits] == [0, 1, 2, 3]
+    (with_self,) = flat.search(flat.vector("dir/img_03.jpg"), k=5)
+    assert [hit.path for hit in hits] == [hit.path for hit in with_self[1:]]
+
+
+def test_search_indexed_with_include_self_returns_the_query_first(flat):
+    hits = search_indexed(flat, "dir/img_03.jpg", k=4, include_self=True)
+    assert len(hits) == 4
+    assert hits[0].path == "dir/img_03.jpg"
+    assert hits[0].distance == pytest.approx(0, abs=1e-4)
+
+
+@pytest.mark.parametrize(
+    "as_source", [pytest.param(lambda path: path, id="path"), pytest.param(lambda path: path.read_bytes(), id="bytes")]
+)
+@pytest.mark.parametrize("query", ["a/one.jpg", "b/four.png"])
+def test_search_image_finds_the_identical_image_first(tiny_collection, random_resnet, as_source, query):
+    index = tiny_collection.index
+    hits = search_image(index, random_resnet, as_source(tiny_collection.root / query), k=3)
+    assert [hit.rank for hit in hits] == [0, 1, 2]
+    assert hits[0].path == query
+    assert hits[0].distance <= 1e-4 * float((index.vector(query) ** 2).sum())  # about 0, relative to scale
+    assert hits[1].distance > hits[0].distance
+
+
+def test_search_image_with_non_image_bytes_raises_image_load_error(tiny_collection, random_resnet):
+    with pytest.raises(ImageLoadError) as caught:
+        search_image(tiny_collection.index, random_resnet, b"%PDF-1.4 not an image", k=3)
+    assert caught.value.reason
+
+
+def test_check_compatible_accepts_the_embedder_that_built_the_index(tiny_collection, random_resnet):
+    check_compatible(tiny_collection.index, random_resnet)  # no exception
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"weights": "imagenet"}, {"weights": "random(seed=1)"}, {"backbone": "tflite:other.tflite"}],
+    ids=["imagenet-weights", "other-seed", "other-backbone"],
+)
+def test_check_compatible_rejects_an_index_built_by_another_embedder(tiny_collection, random_resnet, change):
+    index = tiny_collection.index
+    other = dataclasses.replace(index, embedder=dataclasses.replace(index.embedder, **change))
+    with pytest.raises(EmbedderMismatchError, match="rebuild the index"):
+        check_compatible(other, random_resnet)
+    with pytest.raises(EmbedderMismatchError):  # a query is refused before anything is embedded
+        search_image(other, random_resnet, tiny_collection.root / "a/one.jpg", k=2)
