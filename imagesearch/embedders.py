@@ -227,8 +227,8 @@ def _keras_cache_dir() -> Path:
 def _imagenet_download_help(error: Exception) -> str:
     return (
         f"Could not load ResNet50's ImageNet weights: {error}\n"
-        "Keras downloads them on first use, and this machine could not reach the download "
-        "server. To go on, do one of these:\n"
+        "Keras downloads them on first use, which fails without network (or when a damaged "
+        "copy sits in its cache). To go on, do one of these:\n"
         f"  1. copy {RESNET50_WEIGHTS_FILE} (from a machine with network, where Keras "
         f"cached it) into {_keras_cache_dir()}/ and run again;\n"
         "  2. pass weights='/path/to/that/file.h5' (IMAGESEARCH_WEIGHTS for the "

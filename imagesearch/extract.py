@@ -102,9 +102,13 @@ def extract_embeddings(
 def _decoded_batches(
     root: Path, paths: Sequence[str], info: EmbedderInfo, batch_size: int
 ) -> Iterator[tuple[list[ImageRecord], np.ndarray, list[Skipped]]]:
-    """Yield (records, pixels, skips) for runs of up to `batch_size` decodable images."""
+    """Yield (records, pixels, skips) for runs of up to `batch_size` decodable images.
+
+    Each batch gets its own pixel array, so a consumer may keep it while the next is decoded.
+    """
     width, height = info.input_size
-    pixels = np.empty((batch_size, height, width, 3), np.uint8)
+    shape = (batch_size, height, width, 3)
+    pixels = np.empty(shape, np.uint8)
     records: list[ImageRecord] = []
     skips: list[Skipped] = []
     for path in paths:
@@ -121,7 +125,7 @@ def _decoded_batches(
         records.append(ImageRecord(path, stat.st_size, stat.st_mtime_ns))
         if len(records) == batch_size:
             yield records, pixels, skips
-            records, skips = [], []
+            records, skips, pixels = [], [], np.empty(shape, np.uint8)
     if records or skips:
         yield records, pixels[: len(records)], skips
 
