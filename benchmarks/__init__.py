@@ -1,0 +1,1 @@
+"""Benchmark scripts, one per performance question; run each as `python benchmarks/<name>.py` (see README.md)."""

@@ -1,0 +1,92 @@
+"""What every benchmark script needs: the machine it ran on, peak memory, a timer and a markdown table."""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import sys
+import time
+from collections.abc import Callable, Sequence
+from importlib import import_module
+from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+
+#: CPU features that decide which kernels oneDNN can use (bf16 and AMX change TensorFlow's speed a lot).
+CPU_FLAGS = ("avx512f", "avx512_bf16", "amx_bf16")
+
+#: (label, module) of the libraries whose versions a result depends on.
+LIBRARIES = (
+    ("TensorFlow", "tensorflow"), ("Keras", "keras"), ("FAISS", "faiss"), ("NumPy", "numpy"), ("Pillow", "PIL"),
+)
+
+
+def cpu_info() -> dict[str, str]:
+    """Return the first processor's fields from /proc/cpuinfo, or nothing where there is no such file."""
+    try:
+        first = Path("/proc/cpuinfo").read_text().split("\n\n", 1)[0]
+    except OSError:
+        return {}
+    return {key.strip(): value.strip() for key, _, value in (line.partition(":") for line in first.splitlines())}
+
+
+def cpu_name() -> str:
+    """Return the CPU's model name, e.g. "AMD EPYC" or "Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz"."""
+    return cpu_info().get("model name") or platform.processor() or platform.machine() or "unknown CPU"
+
+
+def machine_description() -> str:
+    """Describe the machine and the library versions in two lines, to print before any figure."""
+    flags = set(cpu_info().get("flags", "").split())
+    features = ", ".join(f"{flag} {'yes' if flag in flags else 'no'}" for flag in CPU_FLAGS)
+    features = features if flags else "CPU flags unknown"  # no /proc/cpuinfo: not Linux
+    memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    versions = ", ".join(f"{label} {_version(module)}" for label, module in LIBRARIES)
+    return (
+        f"machine: {cpu_name()}, {_cores()}, {features}, {memory_gib:.1f} GiB RAM\n"
+        f"versions: Python {platform.python_version()}, {versions}"
+    )
+
+
+def peak_rss_mib() -> float:
+    """Return this process's peak resident memory so far, in MiB."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (2**20 if sys.platform == "darwin" else 2**10)  # bytes on macOS, KiB on Linux
+
+
+def timed(fn: Callable[[], T], repeats: int = 1) -> tuple[float, T]:
+    """Call `fn` `repeats` times; return the fastest wall-clock time in seconds and the last result."""
+    best, result = float("inf"), None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fn()
+        best = min(best, time.perf_counter() - start)
+    return best, result
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    """Print an aligned markdown table, first column left-aligned and the others (figures) right-aligned."""
+    cells = [[str(cell) for cell in row] for row in [headers, *rows]]
+    widths = [max(len(row[column]) for row in cells) for column in range(len(headers))]
+
+    def line(row: Sequence[str]) -> str:
+        padded = [cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))]
+        return "| " + " | ".join(padded) + " |"
+
+    rule = "|" + "|".join(":" + "-" * (w + 1) if i == 0 else "-" * (w + 1) + ":" for i, w in enumerate(widths)) + "|"
+    print("\n".join([line(cells[0]), rule, *map(line, cells[1:])]))
+
+
+def _cores() -> str:
+    total = os.cpu_count()
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else total
+    return f"{total} logical cores" + ("" if usable == total else f" ({usable} usable by this process)")
+
+
+def _version(module: str) -> str:
+    try:
+        return import_module(module).__version__
+    except ImportError:
+        return "not installed"
