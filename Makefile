@@ -1,0 +1,47 @@
+# The README's two commands: `make demo` (install, then embed and index the demo images)
+# and `make test` (install, then run the unit tests and the notebooks). CI runs `make test`.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# `make demo` settings; e.g. `make demo WEIGHTS=random` on a machine without network
+IMAGES ?= images
+ARTIFACTS ?= artifacts
+BACKBONE ?= resnet50
+WEIGHTS ?= imagenet
+# The pretrained model that sits beside the project on our machines (see README: offline weights)
+SHARED_MODEL ?= ../shared/models/mobilenet_v1_1.0_224_quant_embedding_extractor.tflite
+
+.PHONY: install demo test lab notebooks figure benchmarks clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	touch $@
+
+demo: install  ## embed the images, build the index, check it, draw example queries
+	$(BIN)/python -m imagesearch build --images $(IMAGES) --artifacts $(ARTIFACTS) \
+		--backbone $(BACKBONE) --weights $(WEIGHTS)
+
+test: install  ## unit tests, then the notebooks end to end (nbval), offline
+	$(BIN)/python -m pytest
+
+lab: install  ## open the notebooks in JupyterLab
+	$(BIN)/jupyter lab notebooks/
+
+notebooks: install  ## re-run the notebooks and store their outputs as nbval's expected results
+	$(BIN)/python tests/refresh_notebooks.py
+
+figure: install  ## redraw the README's picture with the shared pretrained MobileNet
+	$(BIN)/python -m imagesearch build --backbone tflite --weights $(SHARED_MODEL) \
+		--artifacts $(ARTIFACTS)/figure -k 6 --example chelsea__rotate.jpg \
+		--example coffee__lighting.jpg --example camera__crop.jpg --example rocket__mirror.jpg
+	cp $(ARTIFACTS)/figure/example_queries.jpg docs/example_results.jpg
+
+benchmarks: install  ## extraction speed: the per-image loop, the pipeline and the model alone
+	$(BIN)/python benchmarks/extraction.py
+
+clean:
+	rm -rf $(ARTIFACTS)
