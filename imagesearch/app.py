@@ -7,11 +7,11 @@ import os
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
 
+from .display import show_results
 from .embedders import Embedder
 from .images import ImageLoadError
 from .index import Hit, SearchIndex
 from .query import check_compatible, search_image, search_indexed
-from .display import show_results
 
 
 class SearchApp:

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import matplotlib
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter off the console
 from .embedders import WeightsUnavailableError, make_embedder
 from .evaluate import evaluate, self_search_facts
 from .extract import extract_embeddings, save_embeddings
@@ -102,9 +101,13 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: less start-up chatter
     warnings.simplefilter("always")  # show the random-weights warning on the console
     try:
         return args.run(args)
     except (WeightsUnavailableError, ArtifactError, EmbedderMismatchError, ImageLoadError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyError as error:  # an --example that is not in the index
+        print(f"error: {error.args[0]}", file=sys.stderr)
         return 2
