@@ -18,16 +18,26 @@ from imagesearch.embedders import (
 )
 from imagesearch.evaluate import evaluate, group_of, precision_at_k, self_search_facts
 from imagesearch.extract import (
+    Changes,
     Embeddings,
     ImageRecord,
     Skipped,
     extract_embeddings,
     load_embeddings,
+    load_previous_embeddings,
     read_skipped,
     save_embeddings,
 )
 from imagesearch.images import ImageLoadError, list_images, load_image, load_thumbnail
-from imagesearch.index import Hit, SearchIndex, build_index, load_index, save_index
+from imagesearch.index import (
+    Hit,
+    IndexChanges,
+    SearchIndex,
+    build_index,
+    load_index,
+    load_previous_index,
+    save_index,
+)
 from imagesearch.query import EmbedderMismatchError, check_compatible, search_image, search_indexed
 from imagesearch.storage import ArtifactError, embeddings_dir, index_dir
 

@@ -12,30 +12,33 @@ import matplotlib
 
 from .embedders import WeightsUnavailableError, make_embedder
 from .evaluate import evaluate, self_search_facts
-from .extract import extract_embeddings, save_embeddings
+from .extract import extract_embeddings, load_previous_embeddings, save_embeddings
 from .images import ImageLoadError
-from .index import build_index, load_index, save_index
+from .index import build_index, load_index, load_previous_index, save_index
 from .query import EmbedderMismatchError, search_image, search_indexed
 from .storage import ArtifactError, embeddings_dir, index_dir
 
 
 def build(args: argparse.Namespace) -> int:
-    """Embed the images, build and save the index, check it, and draw one query."""
+    """Embed the images (only what changed since the last run), update the index, check it, draw queries."""
     if not Path(args.images).is_dir():  # before the model loads, which takes seconds
         raise FileNotFoundError(f"image folder {args.images} does not exist; pass --images FOLDER")
     embedder = make_embedder(args.backbone, args.weights, seed=args.seed)
     print(f"Embedding {args.images} with {embedder.info}")
-    embeddings = extract_embeddings(args.images, embedder, batch_size=args.batch_size)
+    previous = load_previous_embeddings(embeddings_dir(args.artifacts))
+    embeddings = extract_embeddings(args.images, embedder, batch_size=args.batch_size, previous=previous)
     save_embeddings(embeddings, embeddings_dir(args.artifacts))
-    print(embeddings.summary())
+    print(f"{embeddings.summary()}\n  this run: {embeddings.changes.summary()}")
     for skip in embeddings.skipped:
         print(f"  skipped {skip.path}: {skip.reason}")
+    if skipped := embeddings.skipped:
+        print(f"  {len(skipped)} skipped files are listed in {embeddings_dir(args.artifacts) / 'skipped.csv'}")
     if not embeddings.items:
         print("Nothing to index: no readable images were found.", file=sys.stderr)
         return 1
-    search_index = build_index(embeddings, factory=args.factory)
+    search_index = build_index(embeddings, args.factory, previous=load_previous_index(index_dir(args.artifacts)))
     save_index(search_index, index_dir(args.artifacts))
-    print(f"Index {search_index.factory} of {len(search_index)} vectors saved to {index_dir(args.artifacts)}")
+    print(f"Index {search_index.factory} of {len(search_index)} vectors, {search_index.changes.summary()}")
     for fact, holds in self_search_facts(search_index).items():
         print(f"  check: {fact}: {'yes' if holds else 'NO'}")
     figure_path = Path(args.artifacts) / "example_queries.jpg"

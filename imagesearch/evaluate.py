@@ -15,11 +15,12 @@ def group_of(path: str, separator: str = "__") -> str:
 
 
 def neighbour_rows(search_index: SearchIndex, k: int) -> np.ndarray:
-    """Return the `(n, k)` rows of each indexed vector's k nearest *other* vectors."""
+    """Return, for each indexed image (in `paths` order), the rows of its k nearest *other* images."""
     if len(search_index) <= k:
         raise ValueError(f"need more than k={k} indexed images, the index holds {len(search_index)}")
-    vectors = search_index.index.reconstruct_n(0, len(search_index))
-    _, rows = search_index.index.search(vectors, k + 1)
+    _, ids = search_index.index.search(search_index.vectors(), k + 1)
+    row_of_id = {image_id: row for row, image_id in enumerate(search_index.ids)}
+    rows = np.vectorize(lambda i: row_of_id.get(i, -1), otypes=[np.int64])(ids)
     own = np.arange(len(search_index))[:, None]
     # Drop each row's own entry; when duplicates push it out of the k+1, drop the last column instead.
     # Approximate indexes may return fewer than k+1 rows, padded with -1: keep that padding.
@@ -49,11 +50,11 @@ def evaluate(search_index: SearchIndex, k: int = 5) -> float:
 def self_search_facts(search_index: SearchIndex, k: int = 5) -> dict[str, bool]:
     """Check what must hold for any exact index and any weights: every indexed image finds itself
     first at distance about 0 (relative to its squared norm), and distances come back sorted."""
-    vectors = search_index.index.reconstruct_n(0, len(search_index))
-    distances, rows = search_index.index.search(vectors, min(k, len(search_index)))
+    vectors = search_index.vectors()
+    distances, ids = search_index.index.search(vectors, min(k, len(search_index)))
     scale = np.maximum((vectors**2).sum(axis=1), 1e-12)
     return {
-        "itself first": bool(np.all(rows[:, 0] == np.arange(len(search_index)))),
+        "itself first": bool(np.all(ids[:, 0] == np.array(search_index.ids))),
         "distance to itself about 0": bool(np.all(np.abs(distances[:, 0]) <= 1e-4 * scale)),
         "distances sorted": bool(np.all(np.diff(distances, axis=1) >= 0)),
     }

@@ -1,22 +1,27 @@
-"""Embedding extraction: a folder of images in, a matrix of vectors and a manifest out.
+"""Embedding extraction, first and incremental: a folder of images in, vectors and a manifest out.
 
 On disk (the folder notebook 01 writes and notebook 02 reads):
 
     embeddings/
-      embeddings.npy   float32 (n, dim); row i belongs to manifest item i
-      manifest.json    format version, embedder, image root, and per image: path, size, mtime
-      skipped.csv      every file that was not embedded, with the reason
+      manifest.json            the commit record: format version, embedder, image root, and per image
+                               its stable id, path, size, mtime and SHA-256; names the vectors file
+      embeddings.<token>.npy   float32 (n, dim); row i belongs to manifest item i
+      skipped.csv              every file that was not embedded, with the reason (a report for people)
 
-The manifest is written last, so a folder whose manifest agrees with its
-embeddings is complete.
+Re-running on a changed folder embeds only what changed: a file whose size
+and modification time are unchanged keeps its vector; one whose size or time
+differ is hashed, and keeps its vector if the content is the same; a file
+that appears under a new path with the content of a vanished one (a rename or
+a move) keeps its vector too. Everything else is embedded.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,20 +29,22 @@ from tqdm.auto import tqdm
 
 from .embedders import Embedder, EmbedderInfo
 from .images import ImageLoadError, list_images, load_image
-from .storage import FORMAT_VERSION, ArtifactError, atomic_path, read_json, write_json
+from .storage import FORMAT_VERSION, ArtifactError, atomic_path, fresh_name, read_json, remove_stale, write_json
 
-EMBEDDINGS_FILE = "embeddings.npy"
 MANIFEST_FILE = "manifest.json"
 SKIPPED_FILE = "skipped.csv"
+VECTORS_STEM, VECTORS_SUFFIX = "embeddings", ".npy"
 
 
 @dataclass(frozen=True)
 class ImageRecord:
-    """One embedded image: its path relative to the image root, and what it was when embedded."""
+    """One embedded image: a stable id, its path relative to the image root, and its file when embedded."""
 
+    id: int
     path: str
     size: int
     mtime_ns: int
+    sha256: str
 
 
 @dataclass(frozen=True)
@@ -48,19 +55,48 @@ class Skipped:
     reason: str
 
 
+@dataclass(frozen=True)
+class Changes:
+    """What an extraction did, by path: embedded anew, re-embedded, dropped, kept, or skipped."""
+
+    added: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    renamed: list[tuple[str, str]] = field(default_factory=list)  # (old path, new path), vector kept
+    unchanged: int = 0
+    skipped: int = 0
+
+    @property
+    def embedded(self) -> int:
+        """How many images went through the model."""
+        return len(self.added) + len(self.changed)
+
+    def summary(self) -> str:
+        return (
+            f"{len(self.added)} added, {len(self.changed)} changed, {len(self.removed)} removed, "
+            f"{len(self.renamed)} renamed, {self.unchanged} unchanged, {self.skipped} skipped"
+        )
+
+
 @dataclass
 class Embeddings:
-    """The result of an extraction: `vectors[i]` is the embedding of `items[i]`."""
+    """Vectors of a collection: `vectors[i]` is the embedding of `items[i]`; items are sorted by path."""
 
     vectors: np.ndarray
     items: list[ImageRecord]
     embedder: EmbedderInfo
     image_root: str
     skipped: list[Skipped] = field(default_factory=list)
+    next_id: int = 0  # ids are never reused, so an id names one image content for good
+    changes: Changes = field(default_factory=Changes)
 
     @property
     def paths(self) -> list[str]:
         return [item.path for item in self.items]
+
+    @property
+    def ids(self) -> np.ndarray:
+        return np.array([item.id for item in self.items], dtype=np.int64)
 
     def summary(self) -> str:
         return (
@@ -74,67 +110,126 @@ def extract_embeddings(
     embedder: Embedder,
     batch_size: int = 32,
     progress: bool = True,
+    previous: Embeddings | None = None,
 ) -> Embeddings:
-    """Embed every image under `image_root` in batches; unreadable files are skipped with a reason.
+    """Embed the images under `image_root` in batches; with `previous`, embed only what changed since.
 
-    Images are decoded and resized one by one but embedded `batch_size` at a
-    time: one model call per batch, never one per image.
+    Unreadable files are skipped with a reason and never stop the run. The
+    result's `changes` says what was added, changed, removed, renamed and kept.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if previous is not None and previous.embedder != embedder.info:
+        raise ArtifactError(
+            f"the saved embeddings were made by {previous.embedder}, not {embedder.info}; "
+            "use another artifacts folder for another backbone, or delete the old embeddings"
+        )
     root = Path(image_root)
+    old = {item.path: item for item in previous.items} if previous else {}
+    old_rows = {item.id: row for row, item in enumerate(previous.items)} if previous else {}
+    next_id = previous.next_id if previous else 0
+
     paths = list_images(root)
-    vectors: list[np.ndarray] = []
-    items: list[ImageRecord] = []
+    kept: dict[str, ImageRecord] = {}  # path -> record whose vector is reused
+    to_check: list[str] = []
     skipped: list[Skipped] = []
-    bar = tqdm(total=len(paths), unit="img", desc="Embedding", disable=not progress)
-    with bar:
-        for batch_items, pixels, batch_skipped in _decoded_batches(root, paths, embedder.info, batch_size):
-            if batch_items:
-                vectors.append(embedder.embed(pixels))
-                items.extend(batch_items)
-            skipped.extend(batch_skipped)
-            bar.update(len(batch_items) + len(batch_skipped))
-    matrix = np.concatenate(vectors) if vectors else np.zeros((0, embedder.info.dim), np.float32)
-    return Embeddings(matrix, items, embedder.info, str(root), skipped)
-
-
-def _decoded_batches(
-    root: Path, paths: Sequence[str], info: EmbedderInfo, batch_size: int
-) -> Iterator[tuple[list[ImageRecord], np.ndarray, list[Skipped]]]:
-    """Yield (records, pixels, skips) for runs of up to `batch_size` decodable images.
-
-    Each batch gets its own pixel array, so a consumer may keep it while the next is decoded.
-    """
-    width, height = info.input_size
-    shape = (batch_size, height, width, 3)
-    pixels = np.empty(shape, np.uint8)
-    records: list[ImageRecord] = []
-    skips: list[Skipped] = []
     for path in paths:
-        full_path = root / path
         try:
-            stat = full_path.stat()
-            pixels[len(records)] = load_image(full_path, info.input_size)
+            stat = (root / path).stat()
+        except OSError as error:  # a dangling symlink, a file that vanished
+            skipped.append(Skipped(path, f"{type(error).__name__}: {error.strerror or error}"))
+            continue
+        record = old.get(path)
+        if record and (record.size, record.mtime_ns) == (stat.st_size, stat.st_mtime_ns):
+            kept[path] = record
+        else:
+            to_check.append(path)
+
+    # Files to read: new, or touched. Reading gives the content hash, which decides.
+    present = set(paths)
+    vanished = {record.sha256: record for path, record in old.items() if path not in present}
+    added, changed, renamed = [], [], []
+    new_records: dict[str, ImageRecord] = {}
+    fresh: dict[str, np.ndarray] = {}
+    bar = tqdm(total=len(to_check), unit="img", desc="Embedding", disable=not progress)
+    with bar:
+        for batch in _read_batches(root, to_check, embedder.info, batch_size):
+            skipped.extend(batch.skipped)
+            to_embed = []
+            for path, stat, digest, pixels in batch.files:
+                record = old.get(path)
+                if record and record.sha256 == digest:  # touched, same content
+                    kept[path] = replace(record, size=stat.st_size, mtime_ns=stat.st_mtime_ns)
+                elif record is None and digest in vanished:  # moved or renamed
+                    source = vanished.pop(digest)
+                    kept[path] = replace(source, path=path, size=stat.st_size, mtime_ns=stat.st_mtime_ns)
+                    renamed.append((source.path, path))
+                else:
+                    (changed if record else added).append(path)
+                    image_id = record.id if record else next_id
+                    next_id += 0 if record else 1
+                    new_records[path] = ImageRecord(image_id, path, stat.st_size, stat.st_mtime_ns, digest)
+                    to_embed.append((path, pixels))
+            if to_embed:
+                vectors = embedder.embed(np.stack([pixels for _, pixels in to_embed]))
+                fresh.update(zip((path for path, _ in to_embed), vectors))
+            bar.update(len(batch.files) + len(batch.skipped))
+
+    # A file that was embedded before and cannot be read now keeps its earlier
+    # vector: a bad copy or a passing error must not cost what was indexed.
+    for number, skip in enumerate(skipped):
+        if skip.path in old and skip.path not in kept:
+            kept[skip.path] = old[skip.path]
+            skipped[number] = Skipped(skip.path, f"{skip.reason}; its earlier embedding is kept")
+
+    items = sorted([*kept.values(), *new_records.values()], key=lambda item: item.path)
+    matrix = np.empty((len(items), embedder.info.dim), np.float32)
+    for row, item in enumerate(items):
+        matrix[row] = fresh[item.path] if item.path in fresh else previous.vectors[old_rows[item.id]]
+    renamed_from = {old_path for old_path, _ in renamed}
+    removed = [path for path in old if path not in kept and path not in new_records and path not in renamed_from]
+    skipped.sort(key=lambda skip: skip.path)
+    changes = Changes(added, changed, removed, renamed, len(items) - len(fresh) - len(renamed), len(skipped))
+    return Embeddings(matrix, items, embedder.info, str(root), skipped, next_id, changes)
+
+
+@dataclass
+class _Batch:
+    files: list[tuple[str, os.stat_result, str, np.ndarray]]  # path, stat, sha256, pixels
+    skipped: list[Skipped]
+
+
+def _read_batches(root: Path, paths: Sequence[str], info: EmbedderInfo, batch_size: int) -> Iterator[_Batch]:
+    """Read, hash and decode files; yield them in batches of up to `batch_size` decodable images."""
+    batch = _Batch([], [])
+    for path in paths:
+        try:
+            stat = (root / path).stat()
+            data = (root / path).read_bytes()
+            pixels = load_image(data, info.input_size)
         except ImageLoadError as error:
-            skips.append(Skipped(path, error.reason))
+            batch.skipped.append(Skipped(path, error.reason))
             continue
         except OSError as error:  # unreadable, vanished, a dangling symlink
-            skips.append(Skipped(path, f"{type(error).__name__}: {error.strerror or error}"))
+            batch.skipped.append(Skipped(path, f"{type(error).__name__}: {error.strerror or error}"))
             continue
-        records.append(ImageRecord(path, stat.st_size, stat.st_mtime_ns))
-        if len(records) == batch_size:
-            yield records, pixels, skips
-            records, skips, pixels = [], [], np.empty(shape, np.uint8)
-    if records or skips:
-        yield records, pixels[: len(records)], skips
+        batch.files.append((path, stat, hashlib.sha256(data).hexdigest(), pixels))
+        if len(batch.files) == batch_size:
+            yield batch
+            batch = _Batch([], [])
+    if batch.files or batch.skipped:
+        yield batch
 
 
 def save_embeddings(embeddings: Embeddings, directory: str | os.PathLike) -> list[Path]:
-    """Write `embeddings` to `directory` (each file atomically, the manifest last); return the files."""
+    """Save `embeddings` to `directory` so that a crash at any point leaves the previous save whole.
+
+    The vectors go to a new file first; the manifest that names them is
+    written last, atomically, and only then are earlier vector files deleted.
+    """
     directory = Path(directory)
-    embeddings_path = directory / EMBEDDINGS_FILE
-    with atomic_path(embeddings_path) as temporary:
+    vectors_name = fresh_name(VECTORS_STEM, VECTORS_SUFFIX)
+    with atomic_path(directory / vectors_name) as temporary:
         with open(temporary, "wb") as file:
             np.save(file, np.ascontiguousarray(embeddings.vectors, dtype=np.float32))
     skipped_path = directory / SKIPPED_FILE
@@ -151,11 +246,15 @@ def save_embeddings(embeddings: Embeddings, directory: str | os.PathLike) -> lis
             "format_version": FORMAT_VERSION,
             "embedder": embeddings.embedder.to_dict(),
             "image_root": embeddings.image_root,
+            "vectors_file": vectors_name,
             "count": len(embeddings.items),
-            "items": [[item.path, item.size, item.mtime_ns] for item in embeddings.items],
+            "next_id": embeddings.next_id,
+            "items": [[item.id, item.path, item.size, item.mtime_ns, item.sha256] for item in embeddings.items],
+            "skipped": [[skip.path, skip.reason] for skip in embeddings.skipped],
         },
     )
-    return [embeddings_path, manifest_path, skipped_path]
+    remove_stale(directory, VECTORS_STEM, VECTORS_SUFFIX, keep=vectors_name)
+    return [manifest_path, directory / vectors_name, skipped_path]
 
 
 def load_embeddings(directory: str | os.PathLike) -> Embeddings:
@@ -163,18 +262,26 @@ def load_embeddings(directory: str | os.PathLike) -> Embeddings:
     directory = Path(directory)
     manifest = read_json(directory / MANIFEST_FILE, kind="embeddings")
     embedder = EmbedderInfo.from_dict(manifest["embedder"])
-    if not (directory / EMBEDDINGS_FILE).is_file():
-        raise ArtifactError(f"{directory / EMBEDDINGS_FILE} is missing: extract the embeddings again")
-    vectors = np.load(directory / EMBEDDINGS_FILE)
+    vectors_path = directory / manifest["vectors_file"]
+    if not vectors_path.is_file():
+        raise ArtifactError(f"{vectors_path}, named by the manifest, is missing: extract the embeddings again")
+    vectors = np.load(vectors_path)
     expected = (manifest["count"], embedder.dim)
     if vectors.shape != expected or vectors.dtype != np.float32:
         raise ArtifactError(
-            f"{directory / EMBEDDINGS_FILE} holds {vectors.shape} {vectors.dtype}, but the manifest "
-            f"describes {expected} float32; the save was interrupted or the files come from "
-            "different runs: extract the embeddings again"
+            f"{vectors_path} holds {vectors.shape} {vectors.dtype}, but the manifest describes {expected} "
+            "float32; the files come from different saves: extract the embeddings again"
         )
-    items = [ImageRecord(path, size, mtime_ns) for path, size, mtime_ns in manifest["items"]]
-    return Embeddings(vectors, items, embedder, manifest["image_root"], read_skipped(directory))
+    items = [ImageRecord(*item) for item in manifest["items"]]
+    skipped = [Skipped(path, reason) for path, reason in manifest["skipped"]]
+    return Embeddings(vectors, items, embedder, manifest["image_root"], skipped, manifest["next_id"])
+
+
+def load_previous_embeddings(directory: str | os.PathLike) -> Embeddings | None:
+    """The embeddings saved in `directory`, or None where nothing was saved yet (a first run)."""
+    if not (Path(directory) / MANIFEST_FILE).exists():
+        return None
+    return load_embeddings(directory)
 
 
 def read_skipped(directory: str | os.PathLike) -> list[Skipped]:

@@ -1,14 +1,17 @@
-"""The FAISS index over the embeddings, the row-to-image mapping beside it, and search.
+"""The FAISS index over the embeddings, which image each vector is, and search.
 
 On disk (the folder notebook 02 writes and notebook 03 reads):
 
     index/
-      index.faiss   the FAISS index; row i is the image `paths[i]`
-      index.json    format version, FAISS factory string, metric, embedder, image root, paths
+      index.json            the commit record: format version, FAISS factory string, metric, embedder,
+                            image root, and per image its id, path and content hash; names the index file
+      index.<token>.faiss   the FAISS index; it stores each vector under its image's stable id
 
 The index is described by its FAISS factory string ("Flat" is exact L2
 search; "IVF1024,PQ32" or "HNSW32" are approximate), so approximate indexes
-plug into the same build, save, load and search calls.
+plug into the same build, update, save, load and search calls. Vectors are
+stored under stable image ids (`IndexIDMap2`, or the ids IVF indexes keep
+natively), so an update removes and adds only what changed.
 """
 
 from __future__ import annotations
@@ -22,10 +25,10 @@ import numpy as np
 
 from .embedders import EmbedderInfo
 from .extract import Embeddings
-from .storage import FORMAT_VERSION, ArtifactError, atomic_path, read_json, write_json
+from .storage import FORMAT_VERSION, ArtifactError, atomic_path, fresh_name, read_json, remove_stale, write_json
 
-INDEX_FILE = "index.faiss"
 METADATA_FILE = "index.json"
+INDEX_STEM, INDEX_SUFFIX = "index", ".faiss"
 
 
 @dataclass(frozen=True)
@@ -37,34 +40,60 @@ class Hit:
     distance: float
 
 
+@dataclass(frozen=True)
+class IndexChanges:
+    """What building or updating an index did."""
+
+    added: int = 0
+    removed: int = 0
+    rebuilt: bool = True  # False: updated in place
+
+    def summary(self) -> str:
+        how = "built from scratch" if self.rebuilt else "updated in place"
+        return f"{how}: {self.added} vectors added, {self.removed} removed"
+
+
 @dataclass
 class SearchIndex:
-    """A FAISS index together with the image path of every row and the embedder that made the vectors."""
+    """A FAISS index whose vectors are stored under image ids, and the image of every id.
+
+    `ids`, `paths` and `sha256` are parallel lists sorted by path; the content
+    hash says which version of an image a vector belongs to.
+    """
 
     index: faiss.Index
+    ids: list[int]
     paths: list[str]
+    sha256: list[str]
     embedder: EmbedderInfo
     factory: str
     image_root: str
-
-    _rows: dict[str, int] = field(init=False, repr=False)
+    changes: IndexChanges = field(default_factory=IndexChanges)
 
     def __post_init__(self) -> None:
-        self._rows = {path: row for row, path in enumerate(self.paths)}
+        self._id_of_path = dict(zip(self.paths, self.ids))
+        self._path_of_id = dict(zip(self.ids, self.paths))
 
     def __len__(self) -> int:
         return self.index.ntotal
 
-    def row_of(self, path: str) -> int:
-        """Return the row of an indexed image, by its path relative to the image root."""
+    def id_of(self, path: str) -> int:
+        """Return the id of an indexed image, by its path relative to the image root."""
         try:
-            return self._rows[path]
+            return self._id_of_path[path]
         except KeyError:
             raise KeyError(f"{path!r} is not in the index; pick one of its {len(self.paths)} paths") from None
 
+    def path_of(self, image_id: int) -> str:
+        return self._path_of_id[image_id]
+
     def vector(self, path: str) -> np.ndarray:
         """Return the stored embedding of an indexed image."""
-        return self.index.reconstruct(self.row_of(path))
+        return self.index.reconstruct(self.id_of(path))
+
+    def vectors(self) -> np.ndarray:
+        """Return every stored embedding, in `paths` order."""
+        return self.index.reconstruct_batch(np.array(self.ids, dtype=np.int64))
 
     def search(self, queries: np.ndarray, k: int) -> list[list[Hit]]:
         """Return, for each query vector, its `k` nearest indexed images, nearest first."""
@@ -74,40 +103,72 @@ class SearchIndex:
                 f"query vectors are {queries.shape[1]}-d but the index holds {self.index.d}-d "
                 f"vectors from {self.embedder}; embed queries with the same embedder"
             )
-        distances, rows = self.index.search(queries, min(k, len(self)))
-        return [_hits(self.paths, d, r) for d, r in zip(distances, rows)]
+        distances, ids = self.index.search(queries, min(k, len(self)))
+        return [self._hits(row_distances, row_ids) for row_distances, row_ids in zip(distances, ids)]
+
+    def _hits(self, distances: np.ndarray, ids: np.ndarray) -> list[Hit]:
+        found = [(distance, i) for distance, i in zip(distances, ids) if i >= 0]  # FAISS pads with id -1
+        return [Hit(rank, self._path_of_id[i], float(distance)) for rank, (distance, i) in enumerate(found)]
 
 
-def _hits(paths: list[str], distances: np.ndarray, rows: np.ndarray) -> list[Hit]:
-    # FAISS pads with row -1 when it finds fewer than k neighbours.
-    valid = [(d, r) for d, r in zip(distances, rows) if r >= 0]
-    return [Hit(rank, paths[r], float(d)) for rank, (d, r) in enumerate(valid)]
+def build_index(embeddings: Embeddings, factory: str = "Flat", previous: SearchIndex | None = None) -> SearchIndex:
+    """Index `embeddings` with a FAISS index made from a factory string ("Flat" is exact L2 search).
 
+    With `previous` (the saved index of an earlier run, same factory and
+    embedder), update it in place: remove the vectors of images that are gone
+    or changed, add those of new or changed images. Index types that cannot
+    remove vectors (HNSW) are rebuilt instead. `previous` is consumed.
+    """
+    ids, vectors = embeddings.ids, np.ascontiguousarray(embeddings.vectors, dtype=np.float32)
+    items = (ids.tolist(), embeddings.paths, [item.sha256 for item in embeddings.items])
+    same_kind = previous is not None and (previous.factory, previous.embedder) == (factory, embeddings.embedder)
+    if same_kind:
+        wanted = dict(zip(items[0], items[2]))
+        held = dict(zip(previous.ids, previous.sha256))
+        stale = [i for i, digest in held.items() if wanted.get(i) != digest]
+        new_rows = [row for row, (i, digest) in enumerate(zip(items[0], items[2])) if held.get(i) != digest]
+        try:
+            if stale:
+                previous.index.remove_ids(np.array(stale, dtype=np.int64))
+        except RuntimeError:  # this index type cannot remove vectors
+            pass
+        else:
+            previous.index.add_with_ids(vectors[new_rows], ids[new_rows])
+            changes = IndexChanges(added=len(new_rows), removed=len(stale), rebuilt=False)
+            return SearchIndex(previous.index, *items, embeddings.embedder, factory, embeddings.image_root, changes)
 
-def _enable_reconstruct(index: faiss.Index) -> None:
-    """Let IVF indexes return stored vectors by row (query by an indexed image needs it)."""
-    try:
-        faiss.extract_index_ivf(index).make_direct_map()
-    except RuntimeError:
-        pass  # not an IVF index: flat and HNSW indexes reconstruct without help
-
-
-def build_index(embeddings: Embeddings, factory: str = "Flat") -> SearchIndex:
-    """Build a FAISS index of `embeddings` from a factory string; "Flat" is exact L2 search."""
-    vectors = np.ascontiguousarray(embeddings.vectors, dtype=np.float32)
-    index = faiss.index_factory(embeddings.embedder.dim, factory, faiss.METRIC_L2)
+    index = _new_index(embeddings.embedder.dim, factory)
     if not index.is_trained:
         index.train(vectors)
-    index.add(vectors)
-    _enable_reconstruct(index)
-    return SearchIndex(index, embeddings.paths, embeddings.embedder, factory, embeddings.image_root)
+    index.add_with_ids(vectors, ids)
+    changes = IndexChanges(added=len(ids), removed=len(previous) if previous else 0, rebuilt=True)
+    return SearchIndex(index, *items, embeddings.embedder, factory, embeddings.image_root, changes)
+
+
+def _new_index(dim: int, factory: str) -> faiss.Index:
+    """An empty index from `factory` that stores vectors under given ids and can return them by id."""
+    index = faiss.index_factory(dim, factory, faiss.METRIC_L2)
+    ivf = _ivf_of(index)
+    if ivf is None:
+        # IndexIDMap2 keeps id <-> row maps for index types that number rows themselves.
+        return faiss.IndexIDMap2(index)
+    # IVF indexes keep ids natively; a hash table lets them return a vector by id.
+    ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
+    return index
+
+
+def _ivf_of(index: faiss.Index) -> faiss.IndexIVF | None:
+    try:
+        return faiss.extract_index_ivf(index)
+    except RuntimeError:
+        return None
 
 
 def save_index(search_index: SearchIndex, directory: str | os.PathLike) -> list[Path]:
-    """Write the index and its metadata to `directory` (each file atomically, metadata last)."""
+    """Save the index so that a crash at any point leaves the previous save whole (see `storage`)."""
     directory = Path(directory)
-    index_path = directory / INDEX_FILE
-    with atomic_path(index_path) as temporary:
+    index_name = fresh_name(INDEX_STEM, INDEX_SUFFIX)
+    with atomic_path(directory / index_name) as temporary:
         faiss.write_index(search_index.index, str(temporary))
     metadata_path = directory / METADATA_FILE
     write_json(
@@ -117,32 +178,43 @@ def save_index(search_index: SearchIndex, directory: str | os.PathLike) -> list[
             "format_version": FORMAT_VERSION,
             "factory": search_index.factory,
             "metric": "L2",
+            "index_file": index_name,
             "count": len(search_index),
             "embedder": search_index.embedder.to_dict(),
             "image_root": search_index.image_root,
-            "paths": search_index.paths,
+            "items": [list(item) for item in zip(search_index.ids, search_index.paths, search_index.sha256)],
         },
     )
-    return [index_path, metadata_path]
+    remove_stale(directory, INDEX_STEM, INDEX_SUFFIX, keep=index_name)
+    return [metadata_path, directory / index_name]
 
 
 def load_index(directory: str | os.PathLike) -> SearchIndex:
     """Read what `save_index` wrote, checking that the index and its metadata agree."""
     directory = Path(directory)
     metadata = read_json(directory / METADATA_FILE, kind="index")
-    index_path = directory / INDEX_FILE
+    index_path = directory / metadata["index_file"]
     if not index_path.is_file():
-        raise ArtifactError(f"{index_path} is missing: build and save the index again")
+        raise ArtifactError(f"{index_path}, named by {METADATA_FILE}, is missing: build the index again")
     try:
         index = faiss.read_index(str(index_path))
     except RuntimeError as error:
         raise ArtifactError(f"{index_path} is not a readable FAISS index ({error}); build the index again") from error
-    _enable_reconstruct(index)
     embedder = EmbedderInfo.from_dict(metadata["embedder"])
-    if index.ntotal != len(metadata["paths"]) or index.d != embedder.dim:
+    ids, paths, sha256 = (list(column) for column in zip(*metadata["items"])) if metadata["items"] else ([], [], [])
+    if index.ntotal != len(ids) or index.d != embedder.dim:
         raise ArtifactError(
             f"{index_path} holds {index.ntotal} vectors of {index.d} dimensions, but its metadata "
-            f"lists {len(metadata['paths'])} images of {embedder.dim}; the files come from "
-            "different runs: build the index again"
+            f"lists {len(ids)} images of {embedder.dim}; the files come from different saves: build the index again"
         )
-    return SearchIndex(index, metadata["paths"], embedder, metadata["factory"], metadata["image_root"])
+    ivf = _ivf_of(index)
+    if ivf is not None:
+        ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
+    return SearchIndex(index, ids, paths, sha256, embedder, metadata["factory"], metadata["image_root"])
+
+
+def load_previous_index(directory: str | os.PathLike) -> SearchIndex | None:
+    """The index saved in `directory`, or None where nothing was saved yet (a first run)."""
+    if not (Path(directory) / METADATA_FILE).exists():
+        return None
+    return load_index(directory)

@@ -1,9 +1,18 @@
-"""Crash-safe file writes and the small JSON metadata files that describe saved state."""
+"""Crash-safe saves: atomic file writes, and metadata files that commit a save.
+
+A save that spans several files (vectors and their manifest, an index and its
+metadata) writes each data file under a fresh name first, then writes the
+metadata file that names them, atomically; that rename is the commit. A crash
+before it leaves the previous metadata pointing at the previous data files,
+which are only deleted after the commit. So saved state is always either the
+old or the new, never a mix.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,7 +23,7 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 #: Bumped whenever the layout of saved embeddings or indexes changes.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 def embeddings_dir(artifacts: str | os.PathLike) -> Path:
@@ -55,6 +64,21 @@ def atomic_path(destination: str | os.PathLike) -> Iterator[Path]:
         temporary.unlink(missing_ok=True)
 
 
+def fresh_name(stem: str, suffix: str) -> str:
+    """A data file name no earlier save used, e.g. `embeddings.3f9c2a7b1d04.npy`."""
+    return f"{stem}.{secrets.token_hex(6)}{suffix}"
+
+
+def remove_stale(directory: str | os.PathLike, stem: str, suffix: str, keep: str) -> None:
+    """Delete the data files `stem.*suffix` of earlier saves, all but `keep` (the committed one),
+    and temporary files that a killed save left behind."""
+    directory = Path(directory)
+    stale = [*directory.glob(f"{stem}.*{suffix}"), *directory.glob(f".{stem}.*.tmp")]
+    for path in stale:
+        if path.name != keep:
+            path.unlink(missing_ok=True)
+
+
 def write_json(path: str | os.PathLike, data: dict) -> None:
     """Write `data` as indented JSON to `path`, atomically."""
     with atomic_path(path) as temporary:
@@ -68,6 +92,7 @@ def read_json(path: str | os.PathLike, kind: str) -> dict:
         raise ArtifactError(f"{path} is missing: run the step that writes the {kind} first")
     data = json.loads(path.read_text(encoding="utf-8"))
     if data.get("kind") != kind or data.get("format_version") != FORMAT_VERSION:
+        # Saved state is a cache of the images: rebuilding it is always possible.
         raise ArtifactError(
             f"{path} is not a {kind} file of format version {FORMAT_VERSION} "
             f"(found kind={data.get('kind')!r}, version={data.get('format_version')!r}); "

@@ -72,6 +72,27 @@ def random_resnet():
     return make_embedder("resnet50", "random", seed=0)
 
 
+class CountingEmbedder:
+    """An observer around a real embedder: delegates every call and records each batch's size."""
+
+    def __init__(self, inner):
+        self.inner, self.info, self.batch_sizes = inner, inner.info, []
+
+    def embed(self, images: np.ndarray) -> np.ndarray:
+        self.batch_sizes.append(len(images))
+        return self.inner.embed(images)
+
+    @property
+    def images_embedded(self) -> int:
+        return sum(self.batch_sizes)
+
+
+@pytest.fixture
+def counting_embedder(random_resnet) -> CountingEmbedder:
+    """The session ResNet50, counting the images it embeds."""
+    return CountingEmbedder(random_resnet)
+
+
 @pytest.fixture(scope="session")
 def tflite_model_path() -> Path:
     if not SHARED_MODEL.is_file():
@@ -94,7 +115,8 @@ def make_embeddings():
     def make(vectors: np.ndarray, paths: Sequence[str], image_root: str = "/nowhere") -> Embeddings:
         vectors = np.asarray(vectors, dtype=np.float32)
         info = EmbedderInfo("test", "none", vectors.shape[1], (224, 224))
-        return Embeddings(vectors, [ImageRecord(path, 0, 0) for path in paths], info, image_root)
+        items = [ImageRecord(row, path, 0, 0, f"sha-{row}") for row, path in enumerate(paths)]
+        return Embeddings(vectors, items, info, image_root, next_id=len(items))
 
     return make
 

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from imagesearch.extract import (
-    EMBEDDINGS_FILE,
     MANIFEST_FILE,
     SKIPPED_FILE,
     extract_embeddings,
@@ -20,19 +19,13 @@ from imagesearch.extract import (
 from imagesearch.images import load_image
 from imagesearch.storage import FORMAT_VERSION, ArtifactError, atomic_path
 
+def vectors_file(directory):
+    """The vectors file the committed manifest names."""
+    return directory / json.loads((directory / MANIFEST_FILE).read_text())["vectors_file"]
+
+
 GOOD = ["a.jpg", "nested/b.png", "nested/d.JPG", "nested/deeper/c.gif", "z.webp"]  # in list_images order
 BAD = ["broken/cut.jpg", "broken/empty.jpg", "broken/notes.png"]
-
-
-class CountingEmbedder:
-    """An observer around a real embedder: delegates every call and records each batch's size."""
-
-    def __init__(self, inner):
-        self.inner, self.info, self.batch_sizes = inner, inner.info, []
-
-    def embed(self, images: np.ndarray) -> np.ndarray:
-        self.batch_sizes.append(len(images))
-        return self.inner.embed(images)
 
 
 @pytest.fixture(scope="module")
@@ -76,10 +69,10 @@ def test_extract_rows_follow_the_order_of_items(messy_folder, messy_embeddings, 
         assert np.argmin(np.linalg.norm(vectors - alone, axis=1)) == row, item.path
 
 
-def test_extract_embeds_in_batches_one_model_call_per_batch(tmp_path, make_image, random_resnet):
+def test_extract_embeds_in_batches_one_model_call_per_batch(tmp_path, make_image, counting_embedder):
     for i in range(7):
         make_image(tmp_path / f"img{i}.png", size=(32, 32))
-    counting = CountingEmbedder(random_resnet)
+    counting = counting_embedder
     in_threes = extract_embeddings(tmp_path, counting, batch_size=3, progress=False)
     assert counting.batch_sizes == [3, 3, 1]
 
@@ -90,9 +83,9 @@ def test_extract_embeds_in_batches_one_model_call_per_batch(tmp_path, make_image
     assert np.allclose(in_threes.vectors, at_once.vectors, rtol=0, atol=1e-4 * np.abs(at_once.vectors).max())
 
 
-def test_extract_of_a_folder_without_images_gives_an_empty_matrix_and_no_model_call(tmp_path, random_resnet):
+def test_extract_of_a_folder_without_images_gives_an_empty_matrix_and_no_model_call(tmp_path, counting_embedder):
     (tmp_path / "readme.txt").write_text("no pictures here")
-    counting = CountingEmbedder(random_resnet)
+    counting = counting_embedder
     embeddings = extract_embeddings(tmp_path, counting, progress=False)
     assert embeddings.vectors.shape == (0, 2048)
     assert embeddings.items == [] and embeddings.skipped == []
@@ -118,7 +111,9 @@ def saved(tmp_path, messy_embeddings):
 
 def test_save_then_load_embeddings_gives_back_the_same_embeddings(tmp_path, messy_embeddings):
     written = save_embeddings(messy_embeddings, tmp_path / "embeddings")
-    assert sorted(path.name for path in written) == sorted([EMBEDDINGS_FILE, MANIFEST_FILE, SKIPPED_FILE])
+    assert sorted(path.name for path in written) == sorted(
+        [vectors_file(tmp_path / "embeddings").name, MANIFEST_FILE, SKIPPED_FILE]
+    )
     loaded = load_embeddings(tmp_path / "embeddings")
     assert loaded.vectors.dtype == np.float32
     assert loaded.vectors.tobytes() == messy_embeddings.vectors.tobytes()
@@ -129,8 +124,8 @@ def test_save_then_load_embeddings_gives_back_the_same_embeddings(tmp_path, mess
 
 
 def test_load_embeddings_with_wrong_row_count_raises_artifact_error(saved):
-    vectors = np.load(saved / EMBEDDINGS_FILE)
-    np.save(saved / EMBEDDINGS_FILE, vectors[:-1])
+    vectors = np.load(vectors_file(saved))
+    np.save(vectors_file(saved), vectors[:-1])
     with pytest.raises(ArtifactError, match="extract the embeddings again"):
         load_embeddings(saved)
 
@@ -154,7 +149,7 @@ def test_load_embeddings_of_another_format_or_kind_raises_artifact_error(saved, 
 
 
 def test_load_embeddings_without_vectors_file_raises_artifact_error(saved):
-    (saved / EMBEDDINGS_FILE).unlink()
+    vectors_file(saved).unlink()
     with pytest.raises(ArtifactError, match="extract the embeddings again"):
         load_embeddings(saved)
 
@@ -194,4 +189,5 @@ def test_saved_files_get_umask_permissions_not_private_temp_file_permissions(tmp
     )
     subprocess.run([sys.executable, "-c", script, str(tmp_path)], cwd=repo_root, check=True, umask=0o022)
     modes = {path.name: oct(path.stat().st_mode & 0o777) for path in tmp_path.iterdir()}
-    assert modes == {name: oct(0o644) for name in [EMBEDDINGS_FILE, MANIFEST_FILE, SKIPPED_FILE]}
+    assert sorted(modes.values()) == [oct(0o644)] * 3
+    assert set(modes) == {vectors_file(tmp_path).name, MANIFEST_FILE, SKIPPED_FILE}

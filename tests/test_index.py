@@ -10,9 +10,14 @@ import pytest
 
 from imagesearch.evaluate import self_search_facts
 from imagesearch.images import ImageLoadError
-from imagesearch.index import INDEX_FILE, METADATA_FILE, build_index, load_index, save_index
+from imagesearch.index import METADATA_FILE, build_index, load_index, save_index
 from imagesearch.query import EmbedderMismatchError, check_compatible, search_image, search_indexed
 from imagesearch.storage import ArtifactError
+
+
+def index_file(directory):
+    """The FAISS file the committed metadata names."""
+    return directory / json.loads((directory / METADATA_FILE).read_text())["index_file"]
 
 
 @pytest.fixture(scope="module")
@@ -70,14 +75,15 @@ def test_search_with_query_of_wrong_dimension_raises_value_error(flat):
         flat.search(np.zeros(8, np.float32), k=3)
 
 
-def test_row_of_and_vector_give_an_indexed_image_back(flat, vectors):
-    assert flat.row_of("dir/img_07.jpg") == 7
+def test_id_of_and_vector_give_an_indexed_image_back(flat, vectors):
+    assert flat.id_of("dir/img_07.jpg") == 7
+    assert flat.path_of(7) == "dir/img_07.jpg"
     assert np.array_equal(flat.vector("dir/img_07.jpg"), vectors[7])
 
 
-def test_row_of_an_unknown_path_raises_key_error(flat):
+def test_id_of_an_unknown_path_raises_key_error(flat):
     with pytest.raises(KeyError, match="not in the index"):
-        flat.row_of("dir/elsewhere.jpg")
+        flat.id_of("dir/elsewhere.jpg")
 
 
 @pytest.mark.parametrize("factory", ["Flat", "IVF4,Flat", "HNSW8"])
@@ -85,7 +91,7 @@ def test_save_then_load_index_answers_the_same(tmp_path, make_embeddings, factor
     data = np.random.default_rng(1).normal(size=(200, 16)).astype(np.float32)  # enough to train IVF4
     original = build_index(make_embeddings(data, [f"img_{row:03d}.jpg" for row in range(200)]), factory)
     written = save_index(original, tmp_path)
-    assert sorted(path.name for path in written) == sorted([INDEX_FILE, METADATA_FILE])
+    assert sorted(path.name for path in written) == sorted([index_file(tmp_path).name, METADATA_FILE])
     loaded = load_index(tmp_path)
     assert (loaded.paths, loaded.embedder, loaded.factory, loaded.image_root) == (
         original.paths, original.embedder, original.factory, original.image_root,
@@ -114,16 +120,16 @@ def test_search_indexed_works_on_an_ivf_index(make_embeddings):
 def test_load_index_with_metadata_listing_another_number_of_images_raises_artifact_error(tmp_path, flat):
     save_index(flat, tmp_path)
     metadata = json.loads((tmp_path / METADATA_FILE).read_text())
-    metadata["paths"] = metadata["paths"][:-1]
+    metadata["items"] = metadata["items"][:-1]
     (tmp_path / METADATA_FILE).write_text(json.dumps(metadata))
     with pytest.raises(ArtifactError, match="build the index again"):
         load_index(tmp_path)
 
 
-@pytest.mark.parametrize("removed", [INDEX_FILE, METADATA_FILE])
+@pytest.mark.parametrize("removed", ["index file", "metadata file"])
 def test_load_index_with_a_missing_file_raises_artifact_error(tmp_path, flat, removed):
     save_index(flat, tmp_path)
-    (tmp_path / removed).unlink()
+    (index_file(tmp_path) if removed == "index file" else tmp_path / METADATA_FILE).unlink()
     with pytest.raises(ArtifactError, match="missing"):
         load_index(tmp_path)
 
@@ -133,7 +139,7 @@ def test_load_index_with_a_missing_file_raises_artifact_error(tmp_path, flat, re
 
 def test_load_index_of_a_corrupt_index_file_raises_artifact_error(tmp_path, flat):
     save_index(flat, tmp_path)
-    (tmp_path / INDEX_FILE).write_bytes(b"not a faiss index")
+    index_file(tmp_path).write_bytes(b"not a faiss index")
     with pytest.raises(ArtifactError, match="not a readable FAISS index"):
         load_index(tmp_path)
 
