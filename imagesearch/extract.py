@@ -23,6 +23,7 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from stat import S_ISREG
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -204,21 +205,40 @@ def _read_batches(root: Path, paths: Sequence[str], info: EmbedderInfo, batch_si
     batch = _Batch([], [])
     for path in paths:
         try:
-            stat = (root / path).stat()
-            data = (root / path).read_bytes()
-            pixels = load_image(data, info.input_size)
+            stat, digest, pixels = _read_image(root / path, info.input_size)
         except ImageLoadError as error:
             batch.skipped.append(Skipped(path, error.reason))
             continue
         except OSError as error:  # unreadable, vanished, a dangling symlink
             batch.skipped.append(Skipped(path, f"{type(error).__name__}: {error.strerror or error}"))
             continue
-        batch.files.append((path, stat, hashlib.sha256(data).hexdigest(), pixels))
+        batch.files.append((path, stat, digest, pixels))
         if len(batch.files) == batch_size:
             yield batch
             batch = _Batch([], [])
     if batch.files or batch.skipped:
         yield batch
+
+
+#: Files up to this size are read once, then hashed and decoded from memory; larger ones are
+#: decoded from disk and hashed in chunks, so a huge file never sits in memory whole.
+READ_WHOLE_LIMIT = 32 * 1024 * 1024
+
+
+def _read_image(path: Path, size: tuple[int, int]) -> tuple[os.stat_result, str, np.ndarray]:
+    """Return a file's stat, SHA-256 and decoded pixels; raise ImageLoadError or OSError if it can't be read."""
+    stat = path.stat()
+    if not S_ISREG(stat.st_mode):  # a pipe or a device would block or never end
+        raise ImageLoadError(str(path), "not a regular file")
+    if stat.st_size <= READ_WHOLE_LIMIT:
+        data = path.read_bytes()
+        return stat, hashlib.sha256(data).hexdigest(), load_image(data, size)
+    pixels = load_image(path, size)
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for chunk in iter(lambda: file.read(1024 * 1024), b""):
+            digest.update(chunk)
+    return stat, digest.hexdigest(), pixels
 
 
 def save_embeddings(embeddings: Embeddings, directory: str | os.PathLike) -> list[Path]:
@@ -232,12 +252,6 @@ def save_embeddings(embeddings: Embeddings, directory: str | os.PathLike) -> lis
     with atomic_path(directory / vectors_name) as temporary:
         with open(temporary, "wb") as file:
             np.save(file, np.ascontiguousarray(embeddings.vectors, dtype=np.float32))
-    skipped_path = directory / SKIPPED_FILE
-    with atomic_path(skipped_path) as temporary:
-        with open(temporary, "w", newline="", encoding="utf-8") as file:
-            writer = csv.writer(file)
-            writer.writerow(["path", "reason"])
-            writer.writerows((skip.path, skip.reason) for skip in embeddings.skipped)
     manifest_path = directory / MANIFEST_FILE
     write_json(
         manifest_path,
@@ -254,6 +268,13 @@ def save_embeddings(embeddings: Embeddings, directory: str | os.PathLike) -> lis
         },
     )
     remove_stale(directory, VECTORS_STEM, VECTORS_SUFFIX, keep=vectors_name)
+    # The skip report is for people; the manifest, already committed, holds the same list.
+    skipped_path = directory / SKIPPED_FILE
+    with atomic_path(skipped_path) as temporary:
+        with open(temporary, "w", newline="", encoding="utf-8") as file:
+            writer = csv.writer(file)
+            writer.writerow(["path", "reason"])
+            writer.writerows((skip.path, skip.reason) for skip in embeddings.skipped)
     return [manifest_path, directory / vectors_name, skipped_path]
 
 
@@ -273,8 +294,7 @@ def load_embeddings(directory: str | os.PathLike) -> Embeddings:
             "float32; the files come from different saves: extract the embeddings again"
         )
     items = [ImageRecord(*item) for item in manifest["items"]]
-    skipped = [Skipped(path, reason) for path, reason in manifest["skipped"]]
-    return Embeddings(vectors, items, embedder, manifest["image_root"], skipped, manifest["next_id"])
+    return Embeddings(vectors, items, embedder, manifest["image_root"], read_skipped(directory), manifest["next_id"])
 
 
 def load_previous_embeddings(directory: str | os.PathLike) -> Embeddings | None:
@@ -285,9 +305,6 @@ def load_previous_embeddings(directory: str | os.PathLike) -> Embeddings | None:
 
 
 def read_skipped(directory: str | os.PathLike) -> list[Skipped]:
-    """Read the skip report of an embeddings folder (empty if there is none)."""
-    path = Path(directory) / SKIPPED_FILE
-    if not path.is_file():
-        return []
-    with open(path, newline="", encoding="utf-8") as file:
-        return [Skipped(row["path"], row["reason"]) for row in csv.DictReader(file)]
+    """The files the saved embeddings skipped, with reasons (as `skipped.csv` lists them for people)."""
+    manifest = read_json(Path(directory) / MANIFEST_FILE, kind="embeddings")
+    return [Skipped(path, reason) for path, reason in manifest["skipped"]]

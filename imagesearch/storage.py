@@ -22,6 +22,9 @@ from pathlib import Path
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
+#: Every temporary file starts with this, so that the next save can remove what a killed one left.
+TEMPORARY_PREFIX = ".tmp-"
+
 #: Bumped whenever the layout of saved embeddings or indexes changes.
 FORMAT_VERSION = 2
 
@@ -50,7 +53,7 @@ def atomic_path(destination: str | os.PathLike) -> Iterator[Path]:
     """
     destination = Path(destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent)
+    handle, name = tempfile.mkstemp(prefix=f"{TEMPORARY_PREFIX}{destination.name}.", dir=destination.parent)
     os.close(handle)
     temporary = Path(name)
     temporary.chmod(0o666 & ~_UMASK)
@@ -71,9 +74,9 @@ def fresh_name(stem: str, suffix: str) -> str:
 
 def remove_stale(directory: str | os.PathLike, stem: str, suffix: str, keep: str) -> None:
     """Delete the data files `stem.*suffix` of earlier saves, all but `keep` (the committed one),
-    and temporary files that a killed save left behind."""
+    and the temporary files that a killed save left behind. Saves to one folder must not run concurrently."""
     directory = Path(directory)
-    stale = [*directory.glob(f"{stem}.*{suffix}"), *directory.glob(f".{stem}.*.tmp")]
+    stale = [*directory.glob(f"{stem}.*{suffix}"), *directory.glob(f"{TEMPORARY_PREFIX}*")]
     for path in stale:
         if path.name != keep:
             path.unlink(missing_ok=True)
