@@ -76,6 +76,8 @@ def open_rgb(source: ImageSource, min_size: tuple[int, int] | None = None) -> Im
     name = _describe(source)
     if isinstance(source, bytes):
         source = io.BytesIO(source)
+    elif isinstance(source, (str, os.PathLike)) and os.path.exists(source) and not os.path.isfile(source):
+        raise ImageLoadError(name, "not a regular file")  # a pipe would block, a folder is no image
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
