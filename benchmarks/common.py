@@ -50,6 +50,13 @@ def machine_description() -> str:
     )
 
 
+def load_average() -> str:
+    """Describe the machine's load over the last minute: above the core count, other work competed for the CPU."""
+    if not hasattr(os, "getloadavg"):
+        return "load average unknown"
+    return f"load average {os.getloadavg()[0]:.2f} over the last minute, on {os.cpu_count()} logical cores"
+
+
 def peak_rss_mib() -> float:
     """Return this process's peak resident memory so far, in MiB."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
