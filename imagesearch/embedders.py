@@ -50,6 +50,10 @@ class EmbedderInfo:
     def __str__(self) -> str:
         return f"{self.backbone} (weights {self.weights}, {self.dim}-d)"
 
+    def compatible_with(self, other: EmbedderInfo) -> bool:
+        """Whether vectors from `self` and `other` live in the same space, so they can be compared or mixed."""
+        return self == other
+
 
 class Embedder(Protocol):
     """The interface every feature extractor implements."""

@@ -120,7 +120,7 @@ def extract_embeddings(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    if previous is not None and previous.embedder != embedder.info:
+    if previous is not None and not previous.embedder.compatible_with(embedder.info):
         raise ArtifactError(
             f"the saved embeddings were made by {previous.embedder}, not {embedder.info}; "
             "use another artifacts folder for another backbone, or delete the old embeddings"

@@ -13,7 +13,7 @@ class EmbedderMismatchError(ValueError):
 
 def check_compatible(search_index: SearchIndex, embedder: Embedder) -> None:
     """Raise `EmbedderMismatchError` unless `embedder` produced the vectors in `search_index`."""
-    if embedder.info != search_index.embedder:
+    if not embedder.info.compatible_with(search_index.embedder):
         raise EmbedderMismatchError(
             f"the index was built from {search_index.embedder}, but queries would be embedded "
             f"with {embedder.info}; load the same backbone and weights, or rebuild the index "
