@@ -20,10 +20,13 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
+import queue
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from stat import S_ISREG
+from typing import TypeVar
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -31,6 +34,8 @@ from tqdm.auto import tqdm
 from .embedders import Embedder, EmbedderInfo
 from .images import ImageLoadError, list_images, load_image
 from .storage import FORMAT_VERSION, ArtifactError, atomic_path, fresh_name, read_json, remove_stale, write_json
+
+T = TypeVar("T")
 
 MANIFEST_FILE = "manifest.json"
 SKIPPED_FILE = "skipped.csv"
@@ -154,7 +159,7 @@ def extract_embeddings(
     fresh: dict[str, np.ndarray] = {}
     bar = tqdm(total=len(to_check), unit="img", desc="Embedding", disable=not progress)
     with bar:
-        for batch in _read_batches(root, to_check, embedder.info, batch_size):
+        for batch in _prefetched(_read_batches(root, to_check, embedder.info, batch_size), depth=2):
             skipped.extend(batch.skipped)
             to_embed = []
             for path, stat, digest, pixels in batch.files:
@@ -192,6 +197,47 @@ def extract_embeddings(
     skipped.sort(key=lambda skip: skip.path)
     changes = Changes(added, changed, removed, renamed, len(items) - len(fresh) - len(renamed), len(skipped))
     return Embeddings(matrix, items, embedder.info, str(root), skipped, next_id, changes)
+
+
+def _prefetched(items: Iterator[T], depth: int) -> Iterator[T]:
+    """Yield from `items`, produced by a background thread up to `depth` items ahead.
+
+    Reading and decoding the next batch (Pillow and hashlib release the GIL)
+    then overlaps the model's work on the current one, and memory stays
+    bounded by `depth` batches. An error in the thread is raised here.
+    """
+    ready: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False  # the consumer has gone away
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put(item):
+                    return
+            put(done)
+        except BaseException as error:  # noqa: BLE001 - handed to the consumer, raised there
+            put(error)
+
+    producer = threading.Thread(target=produce, name="imagesearch-decode", daemon=True)
+    producer.start()
+    try:
+        while (item := ready.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()  # on error, Ctrl-C or an early break, the thread stops at its next put
+        producer.join()
 
 
 @dataclass

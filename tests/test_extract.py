@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
 
 from imagesearch.extract import (
+    _prefetched,
     MANIFEST_FILE,
     SKIPPED_FILE,
     extract_embeddings,
@@ -191,3 +193,37 @@ def test_saved_files_get_umask_permissions_not_private_temp_file_permissions(tmp
     modes = {path.name: oct(path.stat().st_mode & 0o777) for path in tmp_path.iterdir()}
     assert sorted(modes.values()) == [oct(0o644)] * 3
     assert set(modes) == {vectors_file(tmp_path).name, MANIFEST_FILE, SKIPPED_FILE}
+
+
+# --- decoding ahead in a background thread ---------------------------------------------------------
+
+
+def test_prefetched_yields_every_item_in_order():
+    assert list(_prefetched(iter(range(100)), depth=2)) == list(range(100))
+
+
+def test_prefetched_raises_the_producers_error_after_the_items_before_it():
+    def failing():
+        yield from (1, 2)
+        raise OSError("disk gone")
+
+    received = []
+    with pytest.raises(OSError, match="disk gone"):
+        for item in _prefetched(failing(), depth=2):
+            received.append(item)
+    assert received == [1, 2]
+
+
+def test_prefetched_stops_its_thread_when_the_consumer_stops_early():
+    produced = []
+
+    def endless():
+        while True:
+            produced.append(len(produced))
+            yield produced[-1]
+
+    items = _prefetched(endless(), depth=2)
+    assert next(items) == 0
+    items.close()  # what a `break` or an exception in the consumer does
+    assert not any(thread.name == "imagesearch-decode" for thread in threading.enumerate())
+    assert len(produced) <= 4  # the one consumed, at most `depth` queued, one waiting to be queued
