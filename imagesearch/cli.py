@@ -26,7 +26,9 @@ def build(args: argparse.Namespace) -> int:
     embedder = make_embedder(args.backbone, args.weights, seed=args.seed)
     print(f"Embedding {args.images} with {embedder.info}")
     previous = load_previous_embeddings(embeddings_dir(args.artifacts))
-    embeddings = extract_embeddings(args.images, embedder, batch_size=args.batch_size, previous=previous)
+    embeddings = extract_embeddings(
+        args.images, embedder, args.batch_size, previous=previous, checkpoint_dir=embeddings_dir(args.artifacts)
+    )
     save_embeddings(embeddings, embeddings_dir(args.artifacts))
     print(f"{embeddings.summary()}\n  this run: {embeddings.changes.summary()}")
     for skip in embeddings.skipped:

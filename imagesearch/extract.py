@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import os
+import shutil
 import queue
 import threading
 from collections.abc import Iterator, Sequence
@@ -38,6 +40,7 @@ from .storage import FORMAT_VERSION, ArtifactError, atomic_path, fresh_name, rea
 T = TypeVar("T")
 
 MANIFEST_FILE = "manifest.json"
+JOURNAL_DIR, JOURNAL_SUFFIX = "pending", ".npz"
 SKIPPED_FILE = "skipped.csv"
 VECTORS_STEM, VECTORS_SUFFIX = "embeddings", ".npy"
 
@@ -71,16 +74,18 @@ class Changes:
     renamed: list[tuple[str, str]] = field(default_factory=list)  # (old path, new path), vector kept
     unchanged: int = 0
     skipped: int = 0
+    resumed: int = 0  # of the added and changed: vectors taken from an interrupted run's journal
 
     @property
     def embedded(self) -> int:
-        """How many images went through the model."""
-        return len(self.added) + len(self.changed)
+        """How many images went through the model in this run."""
+        return len(self.added) + len(self.changed) - self.resumed
 
     def summary(self) -> str:
+        resumed = f"; {self.resumed} vectors resumed from an interrupted run" if self.resumed else ""
         return (
             f"{len(self.added)} added, {len(self.changed)} changed, {len(self.removed)} removed, "
-            f"{len(self.renamed)} renamed, {self.unchanged} unchanged, {self.skipped} skipped"
+            f"{len(self.renamed)} renamed, {self.unchanged} unchanged, {self.skipped} skipped{resumed}"
         )
 
 
@@ -95,6 +100,7 @@ class Embeddings:
     skipped: list[Skipped] = field(default_factory=list)
     next_id: int = 0  # ids are never reused, so an id names one image content for good
     changes: Changes = field(default_factory=Changes)
+    journal: Path | None = None  # where this run journaled its progress; deleted once saved
 
     @property
     def paths(self) -> list[str]:
@@ -117,11 +123,16 @@ def extract_embeddings(
     batch_size: int = 32,
     progress: bool = True,
     previous: Embeddings | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
 ) -> Embeddings:
     """Embed the images under `image_root` in batches; with `previous`, embed only what changed since.
 
     Unreadable files are skipped with a reason and never stop the run. The
     result's `changes` says what was added, changed, removed, renamed and kept.
+    With `checkpoint_dir` (normally the embeddings folder), every embedded
+    batch is journaled there as it completes, so a run that is interrupted
+    (Ctrl-C, a killed kernel) resumes where it stopped; `save_embeddings`
+    deletes the journal once the result is saved.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -134,10 +145,11 @@ def extract_embeddings(
     old = {item.path: item for item in previous.items} if previous else {}
     old_rows = {item.id: row for row, item in enumerate(previous.items)} if previous else {}
     next_id = previous.next_id if previous else 0
+    journal = _Journal(Path(checkpoint_dir) / JOURNAL_DIR if checkpoint_dir else None, embedder.info)
 
     paths = list_images(root)
     kept: dict[str, ImageRecord] = {}  # path -> record whose vector is reused
-    to_check: list[str] = []
+    to_check: dict[str, os.stat_result] = {}
     skipped: list[Skipped] = []
     for path in paths:
         try:
@@ -149,36 +161,55 @@ def extract_embeddings(
         if record and (record.size, record.mtime_ns) == (stat.st_size, stat.st_mtime_ns):
             kept[path] = record
         else:
-            to_check.append(path)
+            to_check[path] = stat
 
-    # Files to read: new, or touched. Reading gives the content hash, which decides.
+    # Files to read: new, or touched. Their content hash decides what they are.
     present = set(paths)
     vanished = {record.sha256: record for path, record in old.items() if path not in present}
     added, changed, renamed = [], [], []
     new_records: dict[str, ImageRecord] = {}
     fresh: dict[str, np.ndarray] = {}
+
+    def place(path: str, stat: os.stat_result, digest: str) -> bool:
+        """File an image as kept, renamed, changed or added; return whether it needs a new vector."""
+        nonlocal next_id
+        record = old.get(path)
+        if record and record.sha256 == digest:  # touched, same content
+            kept[path] = replace(record, size=stat.st_size, mtime_ns=stat.st_mtime_ns)
+            return False
+        if record is None and digest in vanished:  # moved or renamed
+            source = vanished.pop(digest)
+            kept[path] = replace(source, path=path, size=stat.st_size, mtime_ns=stat.st_mtime_ns)
+            renamed.append((source.path, path))
+            return False
+        (changed if record else added).append(path)
+        if record is None:
+            image_id, next_id = next_id, next_id + 1
+        else:
+            image_id = record.id
+        new_records[path] = ImageRecord(image_id, path, stat.st_size, stat.st_mtime_ns, digest)
+        return True
+
+    # Vectors an interrupted run already embedded (same file, same size and time) need no model.
+    resumed = 0
+    for path, stat in list(to_check.items()):
+        if (found := journal.lookup(path, stat)) is not None:
+            digest, vector = found
+            if place(path, stat, digest):
+                fresh[path] = vector
+                resumed += 1
+            del to_check[path]
+
     bar = tqdm(total=len(to_check), unit="img", desc="Embedding", disable=not progress)
     with bar:
-        for batch in _prefetched(_read_batches(root, to_check, embedder.info, batch_size), depth=2):
+        batches = _read_batches(root, list(to_check), embedder.info, batch_size)
+        for batch in _prefetched(batches, depth=2):
             skipped.extend(batch.skipped)
-            to_embed = []
-            for path, stat, digest, pixels in batch.files:
-                record = old.get(path)
-                if record and record.sha256 == digest:  # touched, same content
-                    kept[path] = replace(record, size=stat.st_size, mtime_ns=stat.st_mtime_ns)
-                elif record is None and digest in vanished:  # moved or renamed
-                    source = vanished.pop(digest)
-                    kept[path] = replace(source, path=path, size=stat.st_size, mtime_ns=stat.st_mtime_ns)
-                    renamed.append((source.path, path))
-                else:
-                    (changed if record else added).append(path)
-                    image_id = record.id if record else next_id
-                    next_id += 0 if record else 1
-                    new_records[path] = ImageRecord(image_id, path, stat.st_size, stat.st_mtime_ns, digest)
-                    to_embed.append((path, pixels))
+            to_embed = [(path, pixels) for path, stat, digest, pixels in batch.files if place(path, stat, digest)]
             if to_embed:
                 vectors = embedder.embed(np.stack([pixels for _, pixels in to_embed]))
                 fresh.update(zip((path for path, _ in to_embed), vectors))
+                journal.record([new_records[path] for path, _ in to_embed], vectors)
             bar.update(len(batch.files) + len(batch.skipped))
 
     # A file that was embedded before and cannot be read now keeps its earlier
@@ -195,8 +226,44 @@ def extract_embeddings(
     renamed_from = {old_path for old_path, _ in renamed}
     removed = [path for path in old if path not in kept and path not in new_records and path not in renamed_from]
     skipped.sort(key=lambda skip: skip.path)
-    changes = Changes(added, changed, removed, renamed, len(items) - len(fresh) - len(renamed), len(skipped))
-    return Embeddings(matrix, items, embedder.info, str(root), skipped, next_id, changes)
+    unchanged = len(items) - len(fresh) - len(renamed)
+    changes = Changes(added, changed, removed, renamed, unchanged, len(skipped), resumed)
+    return Embeddings(matrix, items, embedder.info, str(root), skipped, next_id, changes, journal.folder)
+
+
+class _Journal:
+    """Vectors embedded by a run that has not been saved yet, one file per batch, so a rerun can resume.
+
+    Each file holds a batch's vectors and, per row, the file it came from
+    (path, size, mtime, SHA-256). A rerun takes a vector only for a file that
+    is unchanged since, and only from the same embedder.
+    """
+
+    def __init__(self, folder: Path | None, embedder: EmbedderInfo):
+        self.folder, self.embedder = folder, embedder
+        self._entries: dict[tuple[str, int, int], tuple[str, np.ndarray]] = {}
+        for path in sorted(folder.glob(f"batch.*{JOURNAL_SUFFIX}")) if folder and folder.is_dir() else []:
+            with np.load(path) as batch:
+                meta = json.loads(batch["meta"].item())
+                if EmbedderInfo.from_dict(meta["embedder"]).compatible_with(embedder):
+                    for (name, size, mtime_ns, digest), vector in zip(meta["files"], batch["vectors"]):
+                        self._entries[name, size, mtime_ns] = (digest, vector)
+
+    def lookup(self, path: str, stat: os.stat_result) -> tuple[str, np.ndarray] | None:
+        """The (SHA-256, vector) journaled for this file as it is now, if any."""
+        return self._entries.get((path, stat.st_size, stat.st_mtime_ns))
+
+    def record(self, records: list[ImageRecord], vectors: np.ndarray) -> None:
+        """Journal one embedded batch, atomically (a batch is in the journal whole, or not at all)."""
+        if self.folder is None:
+            return
+        meta = {
+            "embedder": self.embedder.to_dict(),
+            "files": [[record.path, record.size, record.mtime_ns, record.sha256] for record in records],
+        }
+        with atomic_path(self.folder / fresh_name("batch", JOURNAL_SUFFIX)) as temporary:
+            with open(temporary, "wb") as file:
+                np.savez(file, vectors=vectors, meta=np.array(json.dumps(meta)))
 
 
 def _prefetched(items: Iterator[T], depth: int) -> Iterator[T]:
@@ -314,6 +381,8 @@ def save_embeddings(embeddings: Embeddings, directory: str | os.PathLike) -> lis
         },
     )
     remove_stale(directory, VECTORS_STEM, VECTORS_SUFFIX, keep=vectors_name)
+    if embeddings.journal is not None:  # saved now: an interrupted-run journal has served its purpose
+        shutil.rmtree(embeddings.journal, ignore_errors=True)
     # The skip report is for people; the manifest, already committed, holds the same list.
     skipped_path = directory / SKIPPED_FILE
     with atomic_path(skipped_path) as temporary:
