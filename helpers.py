@@ -10,10 +10,12 @@ from imagesearch.display import plot_embedding_map, show_images, show_results
 from imagesearch.embedders import (
     Embedder,
     EmbedderInfo,
+    PrecisionUnavailableError,
     RandomWeightsWarning,
     ResNet50Embedder,
     TFLiteEmbedder,
     WeightsUnavailableError,
+    cpu_supports_bfloat16,
     make_embedder,
 )
 from imagesearch.evaluate import evaluate, group_of, precision_at_k, self_search_facts

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import matplotlib
 
-from .embedders import WeightsUnavailableError, make_embedder
+from .embedders import PrecisionUnavailableError, WeightsUnavailableError, make_embedder
 from .evaluate import evaluate, self_search_facts
 from .extract import extract_embeddings, load_previous_embeddings, save_embeddings
 from .images import ImageLoadError
@@ -23,7 +23,7 @@ def build(args: argparse.Namespace) -> int:
     """Embed the images (only what changed since the last run), update the index, check it, draw queries."""
     if not Path(args.images).is_dir():  # before the model loads, which takes seconds
         raise FileNotFoundError(f"image folder {args.images} does not exist; pass --images FOLDER")
-    embedder = make_embedder(args.backbone, args.weights, seed=args.seed)
+    embedder = make_embedder(args.backbone, args.weights, seed=args.seed, precision=args.precision)
     print(f"Embedding {args.images} with {embedder.info}")
     previous = load_previous_embeddings(embeddings_dir(args.artifacts))
     embeddings = extract_embeddings(
@@ -95,6 +95,12 @@ def parser() -> argparse.ArgumentParser:
         )
         command.add_argument("--seed", type=int, default=0, help="seed for --weights random")
     build_command.add_argument("--images", default="images", help="image folder (default: %(default)s)")
+    build_command.add_argument(
+        "--precision",
+        default="float32",
+        choices=["float32", "bfloat16", "auto"],
+        help="ResNet50's arithmetic: auto is bfloat16 where the CPU computes it natively, faster (default: %(default)s)",
+    )
     build_command.add_argument("--batch-size", type=int, default=32, help="images per model call (default: %(default)s)")
     build_command.add_argument("--factory", default="Flat", help="FAISS index factory string (default: %(default)s)")
     build_command.add_argument(
@@ -110,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     warnings.simplefilter("always")  # show the random-weights warning on the console
     try:
         return args.run(args)
-    except (WeightsUnavailableError, ArtifactError, EmbedderMismatchError, ImageLoadError, FileNotFoundError) as error:
+    except (WeightsUnavailableError, ArtifactError, EmbedderMismatchError, ImageLoadError, FileNotFoundError,
+            PrecisionUnavailableError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyError as error:  # an --example that is not in the index

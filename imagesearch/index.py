@@ -121,7 +121,11 @@ def build_index(embeddings: Embeddings, factory: str = "Flat", previous: SearchI
     """
     ids, vectors = embeddings.ids, np.ascontiguousarray(embeddings.vectors, dtype=np.float32)
     items = (ids.tolist(), embeddings.paths, [item.sha256 for item in embeddings.items])
-    same_kind = previous is not None and (previous.factory, previous.embedder) == (factory, embeddings.embedder)
+    same_kind = (
+        previous is not None
+        and previous.factory == factory
+        and previous.embedder.compatible_with(embeddings.embedder)
+    )
     if same_kind:
         wanted = dict(zip(items[0], items[2]))
         held = dict(zip(previous.ids, previous.sha256))
