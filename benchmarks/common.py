@@ -1,10 +1,12 @@
-"""What every benchmark script needs: the machine it ran on, peak memory, a timer and a markdown table."""
+"""What every benchmark script needs: the machine it ran on, peak memory, a timer, a markdown table, test images."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 import resource
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -12,7 +14,20 @@ from importlib import import_module
 from pathlib import Path
 from typing import TypeVar
 
+import numpy as np
+from PIL import Image
+
+from imagesearch.images import list_images, open_rgb
+
 T = TypeVar("T")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+#: The demo images, which generated collections are cut from and queries cycle through.
+DEMO_IMAGES = REPO_ROOT / "images"
+
+#: Size (width, height) and JPEG quality of the files `write_collection` generates.
+FILE_SIZE, QUALITY = (160, 120), 85
 
 #: CPU features that decide which kernels oneDNN can use (bf16 and AMX change TensorFlow's speed a lot).
 CPU_FLAGS = ("avx512f", "avx512_bf16", "amx_bf16")
@@ -50,6 +65,27 @@ def machine_description() -> str:
     )
 
 
+def code_version() -> str:
+    """Name the code measured: its commit, whether `imagesearch/` differs from it, and a hash of its sources."""
+    try:
+        commit, changes = (
+            subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
+            for args in (["rev-parse", "--short", "HEAD"], ["status", "--porcelain", "imagesearch"])
+        )
+    except OSError:  # no git
+        commit, changes = "", ""
+    modified = ", with uncommitted changes in imagesearch/" if changes else ""
+    return f"code: commit {commit or 'unknown'}{modified}; imagesearch/ sources {sources_hash()}"
+
+
+def sources_hash() -> str:
+    """A short hash of the Python sources under `imagesearch/`: it changes whenever the code measured does."""
+    digest = hashlib.sha256()
+    for path in sorted((REPO_ROOT / "imagesearch").rglob("*.py")):
+        digest.update(path.relative_to(REPO_ROOT).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
 def load_average() -> str:
     """Describe the machine's load over the last minute: above the core count, other work competed for the CPU."""
     if not hasattr(os, "getloadavg"):
@@ -84,6 +120,24 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> Non
 
     rule = "|" + "|".join(":" + "-" * (w + 1) if i == 0 else "-" * (w + 1) + ":" for i, w in enumerate(widths)) + "|"
     print("\n".join([line(cells[0]), rule, *map(line, cells[1:])]))
+
+
+def write_collection(folder: Path, count: int) -> list[str]:
+    """Write `count` distinct small JPEGs, seeded random crops of the demo images; return their paths."""
+    sources = [open_rgb(DEMO_IMAGES / path) for path in list_images(DEMO_IMAGES)]
+    for source in sources:
+        source.thumbnail((320, 320))  # crops of a smaller source are faster to resize
+    paths = []
+    for i in range(count):
+        rng, source = np.random.default_rng(i), sources[i % len(sources)]
+        width, height = (int(side * rng.uniform(0.5, 1.0)) for side in source.size)
+        left, top = int(rng.integers(source.width - width + 1)), int(rng.integers(source.height - height + 1))
+        path = folder / f"{i // 1000:03d}/{i:06d}.jpg"  # folders of 1,000, as collections often are
+        path.parent.mkdir(exist_ok=True)
+        crop = source.resize(FILE_SIZE, Image.Resampling.BILINEAR, box=(left, top, left + width, top + height))
+        crop.save(path, quality=QUALITY)
+        paths.append(path.relative_to(folder).as_posix())
+    return paths
 
 
 def _cores() -> str:

@@ -27,17 +27,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is first
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a plain script: import the repo's packages
 
 import numpy as np
-from PIL import Image
 
-from benchmarks.common import cpu_name, load_average, machine_description, peak_rss_mib, print_table, timed
+from benchmarks.common import (
+    FILE_SIZE, QUALITY, cpu_name, load_average, machine_description, peak_rss_mib, print_table, timed, write_collection,
+)
 from imagesearch.embedders import Embedder, RandomWeightsWarning, make_embedder
 from imagesearch.extract import Embeddings, extract_embeddings, load_previous_embeddings, save_embeddings
-from imagesearch.images import list_images, open_rgb
+from imagesearch.images import list_images
 from imagesearch.index import SearchIndex, build_index, load_index, load_previous_index, save_index
 from imagesearch.storage import embeddings_dir, index_dir
 
-REPO_IMAGES = Path(__file__).resolve().parents[1] / "images"
-FILE_SIZE, QUALITY = (160, 120), 85
 SMOKE_COUNT, QUERIES, K = 200, 200, 5
 
 
@@ -71,24 +70,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.count < 100 or args.batch_size < 1:
         parser.error("--count must be at least 100 (1% of it is added) and --batch-size at least 1")
     return args
-
-
-def write_collection(folder: Path, count: int) -> list[str]:
-    """Write `count` distinct small JPEGs, seeded random crops of the demo images; return their paths."""
-    sources = [open_rgb(REPO_IMAGES / path) for path in list_images(REPO_IMAGES)]
-    for source in sources:
-        source.thumbnail((320, 320))  # crops of a smaller source are faster to resize
-    paths = []
-    for i in range(count):
-        rng, source = np.random.default_rng(i), sources[i % len(sources)]
-        width, height = (int(side * rng.uniform(0.5, 1.0)) for side in source.size)
-        left, top = int(rng.integers(source.width - width + 1)), int(rng.integers(source.height - height + 1))
-        path = folder / f"{i // 1000:03d}/{i:06d}.jpg"  # folders of 1,000, as collections often are
-        path.parent.mkdir(exist_ok=True)
-        crop = source.resize(FILE_SIZE, Image.Resampling.BILINEAR, box=(left, top, left + width, top + height))
-        crop.save(path, quality=QUALITY)
-        paths.append(path.relative_to(folder).as_posix())
-    return paths
 
 
 def move(paths: list[str], source: Path, destination: Path) -> None:
