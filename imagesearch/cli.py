@@ -41,7 +41,7 @@ def build(args: argparse.Namespace) -> int:
     search_index = build_index(embeddings, args.factory, previous=load_previous_index(index_dir(args.artifacts)))
     save_index(search_index, index_dir(args.artifacts))
     print(f"Index {search_index.factory} of {len(search_index)} vectors, {search_index.changes.summary()}")
-    for fact, holds in self_search_facts(search_index).items():
+    for fact, holds in self_search_facts(search_index, sample=1000).items():
         print(f"  check: {fact}: {'yes' if holds else 'NO'}")
     figure_path = Path(args.artifacts) / "example_queries.jpg"
     _save_examples(search_index, args.images, args.example or search_index.paths[:1], figure_path, args.k)

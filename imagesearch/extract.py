@@ -221,12 +221,14 @@ def extract_embeddings(
 
     items = sorted([*kept.values(), *new_records.values()], key=lambda item: item.path)
     matrix = np.empty((len(items), embedder.info.dim), np.float32)
+    resumed_or_embedded = len(fresh)
     for row, item in enumerate(items):
-        matrix[row] = fresh[item.path] if item.path in fresh else previous.vectors[old_rows[item.id]]
+        # pop: each batch's vectors are freed as soon as they are copied, so they are never held twice over
+        matrix[row] = fresh.pop(item.path) if item.path in fresh else previous.vectors[old_rows[item.id]]
     renamed_from = {old_path for old_path, _ in renamed}
     removed = [path for path in old if path not in kept and path not in new_records and path not in renamed_from]
     skipped.sort(key=lambda skip: skip.path)
-    unchanged = len(items) - len(fresh) - len(renamed)
+    unchanged = len(items) - resumed_or_embedded - len(renamed)
     changes = Changes(added, changed, removed, renamed, unchanged, len(skipped), resumed)
     return Embeddings(matrix, items, embedder.info, str(root), skipped, next_id, changes, journal.folder)
 

@@ -54,6 +54,20 @@ def test_every_indexed_vector_finds_itself_first(flat):
     }
 
 
+@pytest.mark.parametrize("sample", [1, 7, 10_000])
+def test_self_search_facts_on_a_sample_check_the_same_facts(flat, sample):
+    assert all(self_search_facts(flat, sample=sample).values())
+
+
+def test_self_search_facts_notice_an_image_that_does_not_find_itself_first(make_embeddings, vectors):
+    twins = vectors.copy()
+    twins[1] = twins[0]  # two images with one vector: only one of them can come first for both
+    index = build_index(make_embeddings(twins, [f"img_{row:02d}.jpg" for row in range(len(twins))]))
+    facts = self_search_facts(index, sample=len(twins))
+    assert facts["itself first"] is False
+    assert facts["distance to itself about 0"] and facts["distances sorted"]
+
+
 def test_search_returns_k_exact_nearest_sorted_by_distance(flat, vectors):
     results = flat.search(vectors[:5], k=7)
     assert len(results) == 5
