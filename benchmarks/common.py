@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import os
 import platform
@@ -151,3 +152,28 @@ def _version(module: str) -> str:
         return import_module(module).__version__
     except ImportError:
         return "not installed"
+
+
+def images_benchmark_parser(description: str, what: str, repeats: int, smoke: tuple[int, int]) -> argparse.ArgumentParser:
+    """The command line of a benchmark over image files: --images, --count, --batch-size, --repeats, --smoke."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--images", type=Path, default=DEMO_IMAGES, help="folder of images (default: the demo set)")
+    parser.add_argument("--count", type=int, default=112, help="images to time, cycling through the folder")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=repeats, help=f"time each {what} this many times, keep the fastest")
+    parser.add_argument(
+        "--smoke", action="store_true",
+        help=f"only check that the script works: {smoke[0]} images, batch {smoke[1]} (overrides the above)",
+    )
+    parser.set_defaults(smoke_sizes=smoke)
+    return parser
+
+
+def parse_images_benchmark_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse, apply --smoke, and refuse counts below one."""
+    args = parser.parse_args(argv)
+    if args.smoke:
+        (args.count, args.batch_size), args.repeats = args.smoke_sizes, 1
+    if min(args.count, args.batch_size, args.repeats) < 1:
+        parser.error("--count, --batch-size and --repeats must be at least 1")
+    return args

@@ -25,12 +25,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a plain s
 import keras
 import numpy as np
 
-from benchmarks.common import cpu_name, machine_description, peak_rss_mib, print_table, timed
+from benchmarks.common import (
+    cpu_name,
+    images_benchmark_parser,
+    machine_description,
+    parse_images_benchmark_args,
+    peak_rss_mib,
+    print_table,
+    timed,
+)
 from imagesearch.embedders import Embedder, RandomWeightsWarning, make_embedder
 from imagesearch.extract import extract_embeddings
 from imagesearch.images import list_images, load_image
 
-REPO_IMAGES = Path(__file__).resolve().parents[1] / "images"
 SMOKE_COUNT, SMOKE_BATCH = 8, 4
 
 #: A mode's result: seconds for all images and the vectors it returned, or None where it does not apply.
@@ -39,23 +46,10 @@ Result = tuple[float, np.ndarray] | None
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Read the command line."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--images", type=Path, default=REPO_IMAGES, help="folder of images (default: the demo set)")
-    parser.add_argument("--count", type=int, default=112, help="images to embed, cycling through the folder")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=1, help="time each mode this many times, keep the fastest")
+    parser = images_benchmark_parser(__doc__.split("\n")[0], "mode", repeats=1, smoke=(SMOKE_COUNT, SMOKE_BATCH))
     parser.add_argument("--backbone", default="resnet50", help="resnet50 or tflite")
     parser.add_argument("--weights", default="random", help="resnet50 weights, or the .tflite file")
-    parser.add_argument(
-        "--smoke", action="store_true",
-        help=f"only check that the script works: {SMOKE_COUNT} images, batch {SMOKE_BATCH} (overrides the above)",
-    )
-    args = parser.parse_args(argv)
-    if args.smoke:
-        args.count, args.batch_size, args.repeats = SMOKE_COUNT, SMOKE_BATCH, 1
-    if min(args.count, args.batch_size, args.repeats) < 1:
-        parser.error("--count, --batch-size and --repeats must be at least 1")
-    return args
+    return parse_images_benchmark_args(parser, argv)
 
 
 def link_images(source: Path, count: int, folder: Path) -> list[Path]:

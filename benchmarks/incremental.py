@@ -120,7 +120,7 @@ def checks(rebuild: Run, update: Run, added: list[str], folder: Path, artifacts:
             difference < 1e-4,
         f"the saved updated index gives the same top-{K} as build_index from scratch ({len(queries)} queries)":
             answers == top_paths(build_index(final, update.index.factory), queries),
-        f"... and as the full rebuild's index": answers == top_paths(rebuild.index, queries),
+        "... and as the full rebuild's index": answers == top_paths(rebuild.index, queries),
     }
 
 

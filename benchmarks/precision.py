@@ -29,36 +29,31 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a plain s
 
 import numpy as np
 
-from benchmarks.common import cpu_name, load_average, machine_description, peak_rss_mib, print_table, timed
+from benchmarks.common import (
+    cpu_name,
+    images_benchmark_parser,
+    load_average,
+    machine_description,
+    parse_images_benchmark_args,
+    peak_rss_mib,
+    print_table,
+    timed,
+)
 from imagesearch.embedders import Embedder, RandomWeightsWarning, bfloat16_unavailable, make_embedder
 from imagesearch.evaluate import evaluate, neighbour_rows
 from imagesearch.extract import Embeddings, ImageRecord
 from imagesearch.images import list_images, load_image
 from imagesearch.index import SearchIndex, build_index
 
-REPO_IMAGES = Path(__file__).resolve().parents[1] / "images"
 SMOKE_COUNT, SMOKE_BATCH = 8, 4
 K = 5
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Read the command line."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--images", type=Path, default=REPO_IMAGES, help="folder of images (default: the demo set)")
-    parser.add_argument("--count", type=int, default=112, help="images to time, cycling through the folder")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=3, help="time each precision this many times, keep the fastest")
+    parser = images_benchmark_parser(__doc__.split("\n")[0], "precision", repeats=3, smoke=(SMOKE_COUNT, SMOKE_BATCH))
     parser.add_argument("--weights", default="random", help="ResNet50 weights: random, imagenet, or a weights file")
-    parser.add_argument(
-        "--smoke", action="store_true",
-        help=f"only check that the script works: {SMOKE_COUNT} images, batch {SMOKE_BATCH} (overrides the above)",
-    )
-    args = parser.parse_args(argv)
-    if args.smoke:
-        args.count, args.batch_size, args.repeats = SMOKE_COUNT, SMOKE_BATCH, 1
-    if min(args.count, args.batch_size, args.repeats) < 1:
-        parser.error("--count, --batch-size and --repeats must be at least 1")
-    return args
+    return parse_images_benchmark_args(parser, argv)
 
 
 def decode(source: Path, count: int, size: tuple[int, int]) -> tuple[list[str], np.ndarray]:
