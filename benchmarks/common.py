@@ -53,6 +53,13 @@ def cpu_name() -> str:
     return cpu_info().get("model name") or platform.processor() or platform.machine() or "unknown CPU"
 
 
+def summary_context(settings: str, smoke: bool, checks_passed: bool = True) -> str:
+    """The parenthesis that ends every summary line: the settings, the machine, and why figures may not count."""
+    caveat = "; SMOKE RUN, figures not meaningful" if smoke else ""
+    failed = "" if checks_passed else "; CHECKS FAILED"
+    return f"({settings}, {cpu_name()}, {os.cpu_count()} cores{caveat}{failed})"
+
+
 def machine_description() -> str:
     """Describe the machine and the library versions in two lines, to print before any figure."""
     flags = set(cpu_info().get("flags", "").split())

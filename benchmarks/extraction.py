@@ -26,12 +26,12 @@ import keras
 import numpy as np
 
 from benchmarks.common import (
-    cpu_name,
     images_benchmark_parser,
     machine_description,
     parse_images_benchmark_args,
     peak_rss_mib,
     print_table,
+    summary_context,
     timed,
 )
 from imagesearch.embedders import Embedder, RandomWeightsWarning, make_embedder
@@ -138,11 +138,8 @@ def report(results: dict[str, Result], count: int, batch_size: int, backbone: st
     print(f"pipeline / model alone: {over_model:.2f}x  (decode only + model alone, summed, would give {serial:.2f}x)")
     against.append(f"{over_model:.2f}x the model alone")
     print(f"peak RSS: {peak_rss_mib():.0f} MiB (the whole process: TensorFlow, the model, {count} decoded images)")
-    caveat = "; SMOKE RUN, figures not meaningful" if smoke else ""
-    print(
-        f"summary: pipeline {speed['pipeline']:.1f} img/s = {', '.join(against)} "
-        f"({backbone}, batch {batch_size}, {count} images, {cpu_name()}, {os.cpu_count()} cores{caveat})"
-    )
+    context = summary_context(f"{backbone}, batch {batch_size}, {count} images", smoke)
+    print(f"summary: pipeline {speed['pipeline']:.1f} img/s = {', '.join(against)} {context}")
 
 
 def main(argv: list[str] | None = None) -> None:

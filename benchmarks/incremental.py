@@ -29,7 +29,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a plain s
 import numpy as np
 
 from benchmarks.common import (
-    FILE_SIZE, QUALITY, cpu_name, load_average, machine_description, peak_rss_mib, print_table, timed, write_collection,
+    FILE_SIZE,
+    QUALITY,
+    load_average,
+    machine_description,
+    peak_rss_mib,
+    print_table,
+    summary_context,
+    timed,
+    write_collection,
 )
 from imagesearch.embedders import Embedder, RandomWeightsWarning, make_embedder
 from imagesearch.extract import Embeddings, extract_embeddings, load_previous_embeddings, save_embeddings
@@ -142,15 +150,14 @@ def report(runs: dict[str, Run], facts: dict[str, bool], count: int, added: int,
     print(f"at the end: {load_average()}")
     print(f"peak RSS: {peak_rss_mib():.0f} MiB (the whole process: TensorFlow, the model, vectors and indexes)")
     rebuild, update, unchanged = runs["full rebuild"], runs["add 1%"], runs["no change"]
-    caveat = "; SMOKE RUN, figures not meaningful" if args.smoke else ""
-    failed = "" if all(facts.values()) else "; CHECKS FAILED"
+    context = summary_context(
+        f"{args.backbone}, batch {args.batch_size}, {args.factory}", args.smoke, all(facts.values())
+    )
     print(
         f"summary: adding {added:,} images to {count:,}: {update.total:.1f} s incremental vs {rebuild.total:.1f} s "
         f"full rebuild ({rebuild.total / update.total:.1f}x faster; {update.embeddings.changes.embedded:,} images "
         f"embedded vs {rebuild.embeddings.changes.embedded:,}; index updated in place: "
-        f"{'yes' if not update.index.changes.rebuilt else 'no'}); no-change rerun {unchanged.total:.1f} s "
-        f"({args.backbone}, batch {args.batch_size}, {args.factory}, {cpu_name()}, {os.cpu_count()} cores"
-        f"{caveat}{failed})"
+        f"{'yes' if not update.index.changes.rebuilt else 'no'}); no-change rerun {unchanged.total:.1f} s {context}"
     )
 
 

@@ -23,8 +23,17 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # inherited by the children:
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a plain script: import the repo's packages
 
 from benchmarks.common import (
-    FILE_SIZE, QUALITY, REPO_ROOT, code_version, cpu_name, load_average, machine_description, print_table,
-    sources_hash, timed, write_collection,
+    FILE_SIZE,
+    QUALITY,
+    REPO_ROOT,
+    code_version,
+    load_average,
+    machine_description,
+    print_table,
+    sources_hash,
+    summary_context,
+    timed,
+    write_collection,
 )
 from imagesearch.index import load_index
 from imagesearch.storage import embeddings_dir, index_dir
@@ -129,13 +138,10 @@ def report(builds: list[Build], sources: str, args: argparse.Namespace) -> int:
     print(f"at the end: {load_average()}")
     ratio = large.peak_mib / small.peak_mib
     verdict = "met" if ratio <= TARGET else "NOT met"
-    caveat = "; SMOKE RUN, figures not meaningful" if args.smoke else ""
-    failed = "" if all(facts.values()) else "; CHECKS FAILED"
+    context = summary_context(f"resnet50, batch {args.batch_size}", args.smoke, all(facts.values()))
     print(
         f"summary: peak RSS of `imagesearch build` {small.peak_mib:.0f} MiB at {small.images:,} images, "
-        f"{large.peak_mib:.0f} MiB at {large.images:,}: ratio {ratio:.2f}, target <= {TARGET}: {verdict} "
-        f"(resnet50, batch {args.batch_size}, {cpu_name()}, "
-        f"{os.cpu_count()} cores{caveat}{failed})"
+        f"{large.peak_mib:.0f} MiB at {large.images:,}: ratio {ratio:.2f}, target <= {TARGET}: {verdict} {context}"
     )
     return 0 if all(facts.values()) else 1
 

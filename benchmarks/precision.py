@@ -30,13 +30,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a plain s
 import numpy as np
 
 from benchmarks.common import (
-    cpu_name,
     images_benchmark_parser,
     load_average,
     machine_description,
     parse_images_benchmark_args,
     peak_rss_mib,
     print_table,
+    summary_context,
     timed,
 )
 from imagesearch.embedders import Embedder, RandomWeightsWarning, bfloat16_unavailable, make_embedder
@@ -167,16 +167,14 @@ def main(argv: list[str] | None = None) -> None:
             "file) where they are"
         )
     print(f"load: {load_average()}, at the end; peak RSS {peak_rss_mib():.0f} MiB")
-    where = f"{args.weights} weights, batch {args.batch_size}, {args.count} images, {cpu_name()}"
-    where += f", {os.cpu_count()} cores"
-    where += "; SMOKE RUN, figures not meaningful" if args.smoke else ""
+    where = summary_context(f"{args.weights} weights, batch {args.batch_size}, {args.count} images", args.smoke)
     if unavailable:
-        print(f"summary: bfloat16 not available here, float32 only: {speed['float32']:.1f} img/s ({where})")
+        print(f"summary: bfloat16 not available here, float32 only: {speed['float32']:.1f} img/s {where}")
     else:
         print(
             f"summary: bfloat16 {ratio:.2f}x float32 images/s ({speed['bfloat16']:.1f} vs {speed['float32']:.1f}); "
             f"cosine min {close['cosine min']:.6f}, top-{K} agreement {agreement:.3f}, precision@{K} "
-            f"{p_at_k['bfloat16']:.3f} vs {p_at_k['float32']:.3f} ({where})"
+            f"{p_at_k['bfloat16']:.3f} vs {p_at_k['float32']:.3f} {where}"
         )
 
 

@@ -34,7 +34,7 @@ import faiss
 import keras
 import numpy as np
 
-from benchmarks.common import DEMO_IMAGES, code_version, cpu_name, load_average, machine_description, print_table
+from benchmarks.common import DEMO_IMAGES, code_version, load_average, machine_description, print_table, summary_context
 from imagesearch.embedders import Embedder, EmbedderInfo, RandomWeightsWarning, make_embedder
 from imagesearch.extract import Embeddings, ImageRecord
 from imagesearch.images import list_images, load_image
@@ -158,12 +158,10 @@ def report(results: dict[int, dict[str, np.ndarray]], facts: dict[str, bool], ar
     print(f"at the end: {load_average()}")
     met = [f"{n:,}" for n in sizes if ratio[n] <= TARGET]
     verdict = "met at every size" if len(met) == len(sizes) else f"met at {', '.join(met)} only" if met else "NOT met"
-    caveat = "; SMOKE RUN, figures not meaningful" if args.smoke else ""
-    failed = "" if all(facts.values()) else "; CHECKS FAILED"
+    context = summary_context(f"resnet50, Flat, k {args.k}", args.smoke, all(facts.values()))
     figures = ", ".join(f"{p50[n][OURS]:.0f} vs {p50[n][SEED]:.0f} ms at {n:,} vectors ({ratio[n]:.2f})" for n in sizes)
     print(
-        f"summary: one query, p50 ours vs seed path: {figures}; target <= {TARGET}: {verdict} "
-        f"(resnet50, Flat, k {args.k}, {cpu_name()}, {os.cpu_count()} cores{caveat}{failed})"
+        f"summary: one query, p50 ours vs seed path: {figures}; target <= {TARGET}: {verdict} {context}"
     )
 
 
