@@ -17,6 +17,8 @@ natively), so an update removes and adds only what changed.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -103,12 +105,36 @@ class SearchIndex:
                 f"query vectors are {queries.shape[1]}-d but the index holds {self.index.d}-d "
                 f"vectors from {self.embedder}; embed queries with the same embedder"
             )
-        distances, ids = self.index.search(queries, min(k, len(self)))
+        with _faiss_threads(1 if len(queries) == 1 else None):
+            distances, ids = self.index.search(queries, min(k, len(self)))
         return [self._hits(row_distances, row_ids) for row_distances, row_ids in zip(distances, ids)]
 
     def _hits(self, distances: np.ndarray, ids: np.ndarray) -> list[Hit]:
         found = [(distance, i) for distance, i in zip(distances, ids) if i >= 0]  # FAISS pads with id -1
         return [Hit(rank, self._path_of_id[i], float(distance)) for rank, (distance, i) in enumerate(found)]
+
+
+@contextmanager
+def _faiss_threads(count: int | None) -> Iterator[None]:
+    """Run FAISS on `count` OpenMP threads inside the block (None: leave the setting alone).
+
+    One query is searched on one thread: a single exact search streams the
+    whole index through memory once, and splitting it between threads made it
+    about twice as slow here (26 against 56 ms at 100,000 vectors, measured by
+    `benchmarks/query_latency.py`). Batches keep one thread per core. The
+    setting is OpenMP's per-thread one, so concurrent searches from other
+    threads (a web service's workers, say) are not affected, and it is
+    restored on the way out.
+    """
+    if count is None:
+        yield
+        return
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(count)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
 
 
 def build_index(embeddings: Embeddings, factory: str = "Flat", previous: SearchIndex | None = None) -> SearchIndex:

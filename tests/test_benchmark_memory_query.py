@@ -8,7 +8,7 @@ import sys
 
 QUERY_STEPS = [
     "seed path: decode", "ours: search_image", "decode: load_image", "embed: embedder.embed",
-    "search: SearchIndex.search", "seed's embed: model.predict", "search, FAISS on 1 thread",
+    "search: SearchIndex.search", "seed's embed: model.predict", "seed's search: FAISS index.search",
 ]
 
 

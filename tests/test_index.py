@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import threading
+
+import faiss
 
 import numpy as np
 import pytest
 
 from imagesearch.evaluate import self_search_facts
 from imagesearch.images import ImageLoadError
-from imagesearch.index import METADATA_FILE, build_index, load_index, save_index
+from imagesearch.index import METADATA_FILE, _faiss_threads, build_index, load_index, save_index
 from imagesearch.query import EmbedderMismatchError, check_compatible, search_image, search_indexed
 from imagesearch.storage import ArtifactError
 
@@ -82,6 +85,32 @@ def test_search_with_k_beyond_the_index_size_returns_every_image_once(flat, vect
     (hits,) = flat.search(vectors[0], k=80)
     assert len(hits) == 50
     assert sorted(hit.path for hit in hits) == sorted(flat.paths)
+
+
+def test_a_single_query_and_a_batch_find_the_same_neighbours_and_leave_faiss_threads_as_they_were(flat, vectors):
+    threads = faiss.omp_get_max_threads()
+    batch = flat.search(vectors[:8], 5)
+    assert [flat.search(vector, 5)[0] for vector in vectors[:8]] == batch
+    assert faiss.omp_get_max_threads() == threads
+
+
+def threads_in_a_new_thread() -> int:
+    """How many OpenMP threads FAISS would use if called from a thread started now."""
+    seen = []
+    thread = threading.Thread(target=lambda: seen.append(faiss.omp_get_max_threads()))
+    thread.start()
+    thread.join()
+    return seen[0]
+
+
+def test_faiss_threads_apply_inside_the_block_only_in_the_calling_thread_and_are_restored_after_an_error():
+    before, elsewhere = faiss.omp_get_max_threads(), threads_in_a_new_thread()
+    with pytest.raises(RuntimeError, match="inside"):
+        with _faiss_threads(1):
+            assert faiss.omp_get_max_threads() == 1
+            assert threads_in_a_new_thread() == elsewhere  # per-thread: a concurrent search keeps its threads
+            raise RuntimeError("inside")
+    assert faiss.omp_get_max_threads() == before
 
 
 def test_search_with_query_of_wrong_dimension_raises_value_error(flat):
