@@ -83,7 +83,7 @@ def time_embedders(
 def flat_index(vectors: np.ndarray, paths: list[str], embedder: Embedder, root: Path) -> SearchIndex:
     """An exact (Flat) index of `vectors`, row i being the image `paths[i]`."""
     items = [ImageRecord(id=row, path=path, size=0, mtime_ns=0, sha256="") for row, path in enumerate(paths)]
-    embeddings = Embeddings(vectors=vectors, items=items, embedder=embedder.info, image_root=str(root))
+    embeddings = Embeddings(vectors, items, embedder.info, str(root))
     return build_index(embeddings, "Flat")
 
 

@@ -3,10 +3,13 @@
 On disk (the folder notebook 01 writes and notebook 02 reads):
 
     embeddings/
-      manifest.json            the commit record: format version, embedder, image root, and per image
-                               its stable id, path, size, mtime and SHA-256; names the vectors file
-      embeddings.<token>.npy   float32 (n, dim); row i belongs to manifest item i
-      skipped.csv              every file that was not embedded, with the reason (a report for people)
+      manifest.json         the commit record: format version, embedder, image root, the shard files
+                            with their row counts, and per image its stable id, path, size, mtime,
+                            SHA-256, and where its vector is (shard, row)
+      vectors.<token>.npy   a shard: float32 (rows, dim), up to SHARD_ROWS rows; written once, never
+                            changed. A save writes only the vectors no shard here holds yet
+      skipped.csv           every file that was not embedded, with the reason (a report for people)
+      pending/              while a run is unsaved: its journal, one file per embedded batch
 
 Re-running on a changed folder embeds only what changed: a file whose size
 and modification time are unchanged keeps its vector; one whose size or time
@@ -21,8 +24,8 @@ import csv
 import hashlib
 import json
 import os
-import shutil
 import queue
+import shutil
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -36,13 +39,22 @@ from tqdm.auto import tqdm
 from .embedders import Embedder, EmbedderInfo
 from .images import ImageLoadError, list_images, load_image
 from .storage import FORMAT_VERSION, ArtifactError, atomic_path, fresh_name, read_json, remove_stale, write_json
+from .vectors import ArraySource, FileSource, Source, VectorStore, shard_shape, write_shard
 
 T = TypeVar("T")
 
 MANIFEST_FILE = "manifest.json"
 JOURNAL_DIR, JOURNAL_SUFFIX = "pending", ".npz"
 SKIPPED_FILE = "skipped.csv"
-VECTORS_STEM, VECTORS_SUFFIX = "embeddings", ".npy"
+SHARD_STEM, SHARD_SUFFIX = "vectors", ".npy"
+LEGACY_STEM = "embeddings"  # format 2 kept every vector in one embeddings.<token>.npy; it is read as one shard
+
+#: Rows per shard a save writes: 64 MiB of 2048-d float32 vectors, so a million images make ~120 files.
+SHARD_ROWS = 8192
+#: A save rewrites a shard whose live rows fell below this share (their images were changed or deleted),
+COMPACT_BELOW = 0.5
+#: and merges shards under a quarter of SHARD_ROWS (left by small updates) once there are more than this many.
+MAX_SMALL_SHARDS = 8
 
 
 @dataclass(frozen=True)
@@ -91,9 +103,15 @@ class Changes:
 
 @dataclass
 class Embeddings:
-    """Vectors of a collection: `vectors[i]` is the embedding of `items[i]`; items are sorted by path."""
+    """Vectors of a collection: row i of `store` is the embedding of `items[i]`; items are sorted by path.
 
-    vectors: np.ndarray
+    The vectors are read from wherever they are (saved shards, a run's journal,
+    memory) only when asked for: `vectors` reads them all into one array,
+    `store.chunks()` a block at a time. An (n, dim) array is accepted for
+    `store` and kept in memory.
+    """
+
+    store: VectorStore
     items: list[ImageRecord]
     embedder: EmbedderInfo
     image_root: str
@@ -101,6 +119,17 @@ class Embeddings:
     next_id: int = 0  # ids are never reused, so an id names one image content for good
     changes: Changes = field(default_factory=Changes)
     journal: Path | None = None  # where this run journaled its progress; deleted once saved
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.store, VectorStore):
+            self.store = VectorStore.from_array(self.store)
+        if len(self.store) != len(self.items):
+            raise ValueError(f"{len(self.store)} vectors for {len(self.items)} items")
+
+    @property
+    def vectors(self) -> np.ndarray:
+        """Every vector, in item order, read into one (n, dim) float32 array."""
+        return self.store.to_array()
 
     @property
     def paths(self) -> list[str]:
@@ -113,7 +142,7 @@ class Embeddings:
     def summary(self) -> str:
         return (
             f"{len(self.items)} images embedded, {len(self.skipped)} skipped; "
-            f"embeddings {self.vectors.shape[0]} x {self.vectors.shape[1]} {self.vectors.dtype}"
+            f"embeddings {len(self.store)} x {self.store.dim} float32"
         )
 
 
@@ -130,9 +159,11 @@ def extract_embeddings(
     Unreadable files are skipped with a reason and never stop the run. The
     result's `changes` says what was added, changed, removed, renamed and kept.
     With `checkpoint_dir` (normally the embeddings folder), every embedded
-    batch is journaled there as it completes, so a run that is interrupted
-    (Ctrl-C, a killed kernel) resumes where it stopped; `save_embeddings`
-    deletes the journal once the result is saved.
+    batch is journaled there as it completes, and the result reads its
+    vectors from there, so memory does not grow with the collection; a run
+    that is interrupted (Ctrl-C, a killed kernel) resumes where it stopped,
+    and `save_embeddings` deletes the journal once the result is saved.
+    Without it, the new vectors are kept in memory.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -144,6 +175,7 @@ def extract_embeddings(
     root = Path(image_root)
     old = {item.path: item for item in previous.items} if previous else {}
     old_rows = {item.id: row for row, item in enumerate(previous.items)} if previous else {}
+    previous_store = previous.store if previous else VectorStore([], np.zeros((0, 2)), embedder.info.dim)
     next_id = previous.next_id if previous else 0
     journal = _Journal(Path(checkpoint_dir) / JOURNAL_DIR if checkpoint_dir else None, embedder.info)
 
@@ -168,7 +200,7 @@ def extract_embeddings(
     vanished = {record.sha256: record for path, record in old.items() if path not in present}
     added, changed, renamed = [], [], []
     new_records: dict[str, ImageRecord] = {}
-    fresh: dict[str, np.ndarray] = {}
+    fresh: dict[str, tuple[Source, int]] = {}  # path -> where its new vector is (journaled or in memory)
 
     def place(path: str, stat: os.stat_result, digest: str) -> bool:
         """File an image as kept, renamed, changed or added; return whether it needs a new vector."""
@@ -194,9 +226,9 @@ def extract_embeddings(
     resumed = 0
     for path, stat in list(to_check.items()):
         if (found := journal.lookup(path, stat)) is not None:
-            digest, vector = found
+            digest, location = found
             if place(path, stat, digest):
-                fresh[path] = vector
+                fresh[path] = location
                 resumed += 1
             del to_check[path]
 
@@ -208,8 +240,8 @@ def extract_embeddings(
             to_embed = [(path, pixels) for path, stat, digest, pixels in batch.files if place(path, stat, digest)]
             if to_embed:
                 vectors = embedder.embed(np.stack([pixels for _, pixels in to_embed]))
-                fresh.update(zip((path for path, _ in to_embed), vectors))
-                journal.record([new_records[path] for path, _ in to_embed], vectors)
+                source = journal.record([new_records[path] for path, _ in to_embed], vectors)
+                fresh.update((path, (source, row)) for row, (path, _) in enumerate(to_embed))
             bar.update(len(batch.files) + len(batch.skipped))
 
     # A file that was embedded before and cannot be read now keeps its earlier
@@ -220,17 +252,22 @@ def extract_embeddings(
             skipped[number] = Skipped(skip.path, f"{skip.reason}; its earlier embedding is kept")
 
     items = sorted([*kept.values(), *new_records.values()], key=lambda item: item.path)
-    matrix = np.empty((len(items), embedder.info.dim), np.float32)
+
+    def location(item: ImageRecord) -> tuple[Source, int]:
+        """Where an item's vector is: a new one in the journal (or memory), a kept one where it was before."""
+        if item.path in fresh:
+            return fresh[item.path]
+        number, row = previous_store.locations[old_rows[item.id]]
+        return previous_store.sources[number], int(row)
+
+    store = VectorStore.gather([location(item) for item in items], embedder.info.dim)
     resumed_or_embedded = len(fresh)
-    for row, item in enumerate(items):
-        # pop: each batch's vectors are freed as soon as they are copied, so they are never held twice over
-        matrix[row] = fresh.pop(item.path) if item.path in fresh else previous.vectors[old_rows[item.id]]
     renamed_from = {old_path for old_path, _ in renamed}
     removed = [path for path in old if path not in kept and path not in new_records and path not in renamed_from]
     skipped.sort(key=lambda skip: skip.path)
     unchanged = len(items) - resumed_or_embedded - len(renamed)
     changes = Changes(added, changed, removed, renamed, unchanged, len(skipped), resumed)
-    return Embeddings(matrix, items, embedder.info, str(root), skipped, next_id, changes, journal.folder)
+    return Embeddings(store, items, embedder.info, str(root), skipped, next_id, changes, journal.folder)
 
 
 class _Journal:
@@ -243,29 +280,34 @@ class _Journal:
 
     def __init__(self, folder: Path | None, embedder: EmbedderInfo):
         self.folder, self.embedder = folder, embedder
-        self._entries: dict[tuple[str, int, int], tuple[str, np.ndarray]] = {}
+        self._entries: dict[tuple[str, int, int], tuple[str, tuple[Source, int]]] = {}
         for path in sorted(folder.glob(f"batch.*{JOURNAL_SUFFIX}")) if folder and folder.is_dir() else []:
-            with np.load(path) as batch:
+            with np.load(path) as batch:  # reads only the metadata; vectors are read when they are used
                 meta = json.loads(batch["meta"].item())
-                if EmbedderInfo.from_dict(meta["embedder"]).compatible_with(embedder):
-                    for (name, size, mtime_ns, digest), vector in zip(meta["files"], batch["vectors"]):
-                        self._entries[name, size, mtime_ns] = (digest, vector)
+            if EmbedderInfo.from_dict(meta["embedder"]).compatible_with(embedder):
+                source = FileSource(path, key="vectors")
+                for row, (name, size, mtime_ns, digest) in enumerate(meta["files"]):
+                    self._entries[name, size, mtime_ns] = (digest, (source, row))
 
-    def lookup(self, path: str, stat: os.stat_result) -> tuple[str, np.ndarray] | None:
-        """The (SHA-256, vector) journaled for this file as it is now, if any."""
+    def lookup(self, path: str, stat: os.stat_result) -> tuple[str, tuple[Source, int]] | None:
+        """The SHA-256 and the vector's (source, row) journaled for this file as it is now, if any."""
         return self._entries.get((path, stat.st_size, stat.st_mtime_ns))
 
-    def record(self, records: list[ImageRecord], vectors: np.ndarray) -> None:
-        """Journal one embedded batch, atomically (a batch is in the journal whole, or not at all)."""
+    def record(self, records: list[ImageRecord], vectors: np.ndarray) -> Source:
+        """Journal one embedded batch, atomically (whole, or not at all); return where its vectors now are.
+
+        Without a journal folder, the vectors stay in memory.
+        """
         if self.folder is None:
-            return
+            return ArraySource(vectors)
         meta = {
             "embedder": self.embedder.to_dict(),
             "files": [[record.path, record.size, record.mtime_ns, record.sha256] for record in records],
         }
-        with atomic_path(self.folder / fresh_name("batch", JOURNAL_SUFFIX)) as temporary:
-            with open(temporary, "wb") as file:
-                np.savez(file, vectors=vectors, meta=np.array(json.dumps(meta)))
+        path = self.folder / fresh_name("batch", JOURNAL_SUFFIX)
+        with atomic_path(path) as temporary, open(temporary, "wb") as file:
+            np.savez(file, vectors=vectors, meta=np.array(json.dumps(meta)))
+        return FileSource(path, key="vectors")
 
 
 def _prefetched(items: Iterator[T], depth: int) -> Iterator[T]:
@@ -359,14 +401,38 @@ def _read_image(path: Path, size: tuple[int, int]) -> tuple[os.stat_result, str,
 def save_embeddings(embeddings: Embeddings, directory: str | os.PathLike) -> list[Path]:
     """Save `embeddings` to `directory` so that a crash at any point leaves the previous save whole.
 
-    The vectors go to a new file first; the manifest that names them is
-    written last, atomically, and only then are earlier vector files deleted.
+    Vectors already in a shard of `directory` stay where they are; the others
+    go to new shards, a chunk at a time. The manifest that names the shards is
+    written last, atomically (the commit); only then are shards no longer
+    named deleted, with the journal of the run. Shards mostly of dead rows,
+    and many small ones, are rewritten on the way (compaction). Afterwards
+    `embeddings` reads its vectors from the saved shards.
     """
     directory = Path(directory)
-    vectors_name = fresh_name(VECTORS_STEM, VECTORS_SUFFIX)
-    with atomic_path(directory / vectors_name) as temporary:
-        with open(temporary, "wb") as file:
-            np.save(file, np.ascontiguousarray(embeddings.vectors, dtype=np.float32))
+    store = embeddings.store
+    kept = _shards_to_keep(store, directory)
+    keep_row = np.isin(store.locations[:, 0], [number for number, _ in kept])
+    to_write = np.flatnonzero(~keep_row)
+    written = []
+    for start in range(0, len(to_write), SHARD_ROWS):
+        rows = to_write[start : start + SHARD_ROWS]
+        path = directory / fresh_name(SHARD_STEM, SHARD_SUFFIX)
+        with atomic_path(path) as temporary:
+            write_shard(temporary, store, rows)
+        written.append((FileSource(path), rows))
+
+    # The saved layout: kept shards first, then the new ones; every row's (shard, row) in it.
+    shards = [(source, shard_shape(source.path)[0][0]) for _, source in kept]
+    shards += [(source, len(rows)) for source, rows in written]
+    places: list[tuple[FileSource, int] | None] = [None] * len(store)
+    for _, source in kept:
+        for row in store.rows_in(source):
+            places[row] = (source, int(store.locations[row, 1]))
+    for source, rows in written:
+        for position, row in enumerate(rows):
+            places[row] = (source, position)
+    shard_number = {id(source): number for number, (source, _) in enumerate(shards)}
+
     manifest_path = directory / MANIFEST_FILE
     write_json(
         manifest_path,
@@ -375,43 +441,93 @@ def save_embeddings(embeddings: Embeddings, directory: str | os.PathLike) -> lis
             "format_version": FORMAT_VERSION,
             "embedder": embeddings.embedder.to_dict(),
             "image_root": embeddings.image_root,
-            "vectors_file": vectors_name,
             "count": len(embeddings.items),
             "next_id": embeddings.next_id,
-            "items": [[item.id, item.path, item.size, item.mtime_ns, item.sha256] for item in embeddings.items],
+            "shards": [{"file": source.path.name, "rows": rows} for source, rows in shards],
+            "items": [
+                [item.id, item.path, item.size, item.mtime_ns, item.sha256, shard_number[id(source)], row]
+                for item, (source, row) in zip(embeddings.items, places)
+            ],
             "skipped": [[skip.path, skip.reason] for skip in embeddings.skipped],
         },
     )
-    remove_stale(directory, VECTORS_STEM, VECTORS_SUFFIX, keep=vectors_name)
+    embeddings.store = VectorStore.gather(places, store.dim)
+    names = {source.path.name for source, _ in shards}
+    remove_stale(directory, SHARD_STEM, SHARD_SUFFIX, keep=names)
+    remove_stale(directory, LEGACY_STEM, SHARD_SUFFIX, keep=names)
     if embeddings.journal is not None:  # saved now: an interrupted-run journal has served its purpose
         shutil.rmtree(embeddings.journal, ignore_errors=True)
+        embeddings.journal = None
     # The skip report is for people; the manifest, already committed, holds the same list.
     skipped_path = directory / SKIPPED_FILE
-    with atomic_path(skipped_path) as temporary:
-        with open(temporary, "w", newline="", encoding="utf-8") as file:
-            writer = csv.writer(file)
-            writer.writerow(["path", "reason"])
-            writer.writerows((skip.path, skip.reason) for skip in embeddings.skipped)
-    return [manifest_path, directory / vectors_name, skipped_path]
+    with atomic_path(skipped_path) as temporary, open(temporary, "w", newline="", encoding="utf-8") as file:
+        writer = csv.writer(file)
+        writer.writerow(["path", "reason"])
+        writer.writerows((skip.path, skip.reason) for skip in embeddings.skipped)
+    return [manifest_path, *(source.path for source, _ in shards), skipped_path]
+
+
+def _shards_to_keep(store: VectorStore, directory: Path) -> list[tuple[int, FileSource]]:
+    """The saved shards of `directory` that `store` reads from and a save can keep as they are.
+
+    A shard is rewritten instead when under COMPACT_BELOW of its rows are
+    still used, and small shards are merged once there are too many of them.
+    """
+    here = directory.resolve()
+    candidates = []
+    for number, source in enumerate(store.sources):
+        if isinstance(source, FileSource) and source.key is None and source.path.parent.resolve() == here:
+            if not source.path.is_file():
+                raise ArtifactError(
+                    f"{source.path} is gone: {directory} was saved over since these embeddings were loaded; "
+                    "load them again"
+                )
+            rows = shard_shape(source.path)[0][0]
+            live = int(np.count_nonzero(store.locations[:, 0] == number))
+            if live >= COMPACT_BELOW * rows:
+                candidates.append((number, source, rows))
+    small = [number for number, _, rows in candidates if rows < SHARD_ROWS // 4]
+    merge = set(small) if len(small) > MAX_SMALL_SHARDS else set()
+    return [(number, source) for number, source, _ in candidates if number not in merge]
 
 
 def load_embeddings(directory: str | os.PathLike) -> Embeddings:
-    """Read what `save_embeddings` wrote, checking that the vectors and the manifest agree."""
+    """Read what `save_embeddings` wrote, checking that the shards and the manifest agree.
+
+    Only the shards' headers are read here; vectors are read when used.
+    """
     directory = Path(directory)
     manifest = read_json(directory / MANIFEST_FILE, kind="embeddings")
     embedder = EmbedderInfo.from_dict(manifest["embedder"])
-    vectors_path = directory / manifest["vectors_file"]
-    if not vectors_path.is_file():
-        raise ArtifactError(f"{vectors_path}, named by the manifest, is missing: extract the embeddings again")
-    vectors = np.load(vectors_path)
-    expected = (manifest["count"], embedder.dim)
-    if vectors.shape != expected or vectors.dtype != np.float32:
+    if manifest["format_version"] == 2:  # one vectors file, row i for item i
+        shards = [{"file": manifest["vectors_file"], "rows": manifest["count"]}]
+        items = [(*item, 0, row) for row, item in enumerate(manifest["items"])]
+    else:
+        shards, items = manifest["shards"], manifest["items"]
+    sources = []
+    for shard in shards:
+        path = directory / shard["file"]
+        if not path.is_file():
+            raise ArtifactError(f"{path}, named by the manifest, is missing: extract the embeddings again")
+        shape, dtype = shard_shape(path)
+        expected = (shard["rows"], embedder.dim)
+        if shape != expected or dtype != np.float32:
+            raise ArtifactError(
+                f"{path} holds {shape} {dtype}, but the manifest describes {expected} float32; "
+                "the files come from different saves: extract the embeddings again"
+            )
+        sources.append(FileSource(path))
+    locations = np.array([item[5:7] for item in items], dtype=np.int64).reshape(-1, 2)
+    if len(items) != manifest["count"] or not all(
+        0 <= number < len(shards) and 0 <= row < shards[number]["rows"] for number, row in locations.tolist()
+    ):
         raise ArtifactError(
-            f"{vectors_path} holds {vectors.shape} {vectors.dtype}, but the manifest describes {expected} "
-            "float32; the files come from different saves: extract the embeddings again"
+            f"{directory / MANIFEST_FILE} lists images outside its shards, or a wrong count: "
+            "extract the embeddings again"
         )
-    items = [ImageRecord(*item) for item in manifest["items"]]
-    return Embeddings(vectors, items, embedder, manifest["image_root"], read_skipped(directory), manifest["next_id"])
+    records = [ImageRecord(*item[:5]) for item in items]
+    store = VectorStore(sources, locations, embedder.dim)
+    return Embeddings(store, records, embedder, manifest["image_root"], read_skipped(directory), manifest["next_id"])
 
 
 def load_previous_embeddings(directory: str | os.PathLike) -> Embeddings | None:

@@ -28,6 +28,7 @@ import numpy as np
 from .embedders import EmbedderInfo
 from .extract import Embeddings
 from .storage import FORMAT_VERSION, ArtifactError, atomic_path, fresh_name, read_json, remove_stale, write_json
+from .vectors import VectorStore
 
 METADATA_FILE = "index.json"
 INDEX_STEM, INDEX_SUFFIX = "index", ".faiss"
@@ -145,12 +146,10 @@ def build_index(embeddings: Embeddings, factory: str = "Flat", previous: SearchI
     or changed, add those of new or changed images. Index types that cannot
     remove vectors (HNSW) are rebuilt instead. `previous` is consumed.
     """
-    ids, vectors = embeddings.ids, np.ascontiguousarray(embeddings.vectors, dtype=np.float32)
+    ids = embeddings.ids
     items = (ids.tolist(), embeddings.paths, [item.sha256 for item in embeddings.items])
     same_kind = (
-        previous is not None
-        and previous.factory == factory
-        and previous.embedder.compatible_with(embeddings.embedder)
+        previous is not None and previous.factory == factory and previous.embedder.compatible_with(embeddings.embedder)
     )
     if same_kind:
         wanted = dict(zip(items[0], items[2]))
@@ -163,16 +162,35 @@ def build_index(embeddings: Embeddings, factory: str = "Flat", previous: SearchI
         except RuntimeError:  # this index type cannot remove vectors
             pass
         else:
-            previous.index.add_with_ids(vectors[new_rows], ids[new_rows])
+            _add(previous.index, embeddings.store.subset(new_rows), ids[new_rows])
             changes = IndexChanges(added=len(new_rows), removed=len(stale), rebuilt=False)
             return SearchIndex(previous.index, *items, embeddings.embedder, factory, embeddings.image_root, changes)
 
     index = _new_index(embeddings.embedder.dim, factory)
     if not index.is_trained:
-        index.train(vectors)
-    index.add_with_ids(vectors, ids)
+        index.train(_training_sample(embeddings.store))
+    _add(index, embeddings.store, ids)
     changes = IndexChanges(added=len(ids), removed=len(previous) if previous else 0, rebuilt=True)
     return SearchIndex(index, *items, embeddings.embedder, factory, embeddings.image_root, changes)
+
+
+#: Index types that learn from the data (IVF's centroids, PQ's codebooks) train on at most this many vectors,
+#: a seeded random sample: enough for thousands of centroids, and a bounded amount of memory.
+MAX_TRAINING_VECTORS = 100_000
+
+
+def _training_sample(store: VectorStore) -> np.ndarray:
+    """Every vector of `store` if there are few, else a seeded random sample of MAX_TRAINING_VECTORS of them."""
+    if len(store) <= MAX_TRAINING_VECTORS:
+        return store.to_array()
+    rows = np.random.default_rng(0).choice(len(store), MAX_TRAINING_VECTORS, replace=False)
+    return store.take(np.sort(rows))
+
+
+def _add(index: faiss.Index, store: VectorStore, ids: np.ndarray) -> None:
+    """Add the vectors of `store` under `ids` a chunk at a time: they are never in memory twice over."""
+    for start, vectors in store.chunks():
+        index.add_with_ids(vectors, ids[start : start + len(vectors)])
 
 
 def _new_index(dim: int, factory: str) -> faiss.Index:
@@ -215,7 +233,7 @@ def save_index(search_index: SearchIndex, directory: str | os.PathLike) -> list[
             "items": [list(item) for item in zip(search_index.ids, search_index.paths, search_index.sha256)],
         },
     )
-    remove_stale(directory, INDEX_STEM, INDEX_SUFFIX, keep=index_name)
+    remove_stale(directory, INDEX_STEM, INDEX_SUFFIX, keep={index_name})
     return [metadata_path, directory / index_name]
 
 

@@ -14,7 +14,7 @@ import json
 import os
 import secrets
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -25,8 +25,10 @@ os.umask(_UMASK)
 #: Every temporary file starts with this, so that the next save can remove what a killed one left.
 TEMPORARY_PREFIX = ".tmp-"
 
-#: Bumped whenever the layout of saved embeddings or indexes changes.
-FORMAT_VERSION = 2
+#: Bumped whenever the layout of saved embeddings or indexes changes. Format 3 keeps embeddings in
+#: shards; format 2 (one vectors file, the same index layout) is still read.
+FORMAT_VERSION = 3
+OLDEST_READABLE_VERSION = 2
 
 
 def embeddings_dir(artifacts: str | os.PathLike) -> Path:
@@ -72,13 +74,15 @@ def fresh_name(stem: str, suffix: str) -> str:
     return f"{stem}.{secrets.token_hex(6)}{suffix}"
 
 
-def remove_stale(directory: str | os.PathLike, stem: str, suffix: str, keep: str) -> None:
-    """Delete the data files `stem.*suffix` of earlier saves, all but `keep` (the committed one),
-    and the temporary files that a killed save left behind. Saves to one folder must not run concurrently."""
+def remove_stale(directory: str | os.PathLike, stem: str, suffix: str, keep: Collection[str]) -> None:
+    """Delete the data files `stem.*suffix` of earlier saves, all but those named in `keep` (the committed
+    ones), and the temporary files that a killed save left behind. Saves to one folder must not run concurrently."""
+    if isinstance(keep, str):
+        raise TypeError("keep is a collection of file names, not one name")
     directory = Path(directory)
     stale = [*directory.glob(f"{stem}.*{suffix}"), *directory.glob(f"{TEMPORARY_PREFIX}*")]
     for path in stale:
-        if path.name != keep:
+        if path.name not in keep:
             path.unlink(missing_ok=True)
 
 
@@ -94,10 +98,15 @@ def read_json(path: str | os.PathLike, kind: str) -> dict:
     if not path.is_file():
         raise ArtifactError(f"{path} is missing: run the step that writes the {kind} first")
     data = json.loads(path.read_text(encoding="utf-8"))
-    if data.get("kind") != kind or data.get("format_version") != FORMAT_VERSION:
+    version = data.get("format_version")
+    if (
+        data.get("kind") != kind
+        or not isinstance(version, int)
+        or not OLDEST_READABLE_VERSION <= version <= FORMAT_VERSION
+    ):
         # Saved state is a cache of the images: rebuilding it is always possible.
         raise ArtifactError(
-            f"{path} is not a {kind} file of format version {FORMAT_VERSION} "
+            f"{path} is not a {kind} file of format version {OLDEST_READABLE_VERSION} to {FORMAT_VERSION} "
             f"(found kind={data.get('kind')!r}, version={data.get('format_version')!r}); "
             f"rebuild the {kind} with this version of the code"
         )

@@ -30,13 +30,16 @@ def check_common(lines: list[str]) -> None:
     assert lines[-1].startswith("summary: ") and not any(line.startswith("summary: ") for line in lines[:-1])
 
 
-def test_memory_smoke_run_measures_each_build_and_ends_with_a_summary(repo_root):
+def test_memory_smoke_run_measures_both_steps_of_each_build_and_ends_with_a_summary(repo_root):
     lines = run_smoke(repo_root, "memory.py")
     for count in (40, 200):
         (row,) = [line for line in lines if re.match(rf"\|\s*{count}\s*\|", line)]
-        assert re.fullmatch(r"\|\s*\d+\s*\|(\s*\d+\.\d\s*\|){2}\s*\d+\s*\|(\s*\d+\.\d\s*\|){2}", row), row
+        number = r"\s*\d+(\.\d)?\s*\|"
+        assert re.fullmatch(rf"\|\s*\d+\s*\|({number}){{7}}", row), row
+    assert any(line.startswith("extract: peak RSS grew") for line in lines)
+    assert any(line.startswith("index: peak RSS grew") for line in lines)
     check_common(lines)
-    assert re.match(r"summary: peak RSS .* ratio \d+\.\d\d, target <= 1\.2: (met|NOT met) ", lines[-1])
+    assert re.match(r"summary: peak RSS of extraction .* ratio \d+\.\d\d, target <= 1\.2: (met|NOT met); ", lines[-1])
 
 
 def test_query_latency_smoke_run_times_each_step_and_ends_with_a_summary(repo_root):

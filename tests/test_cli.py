@@ -40,7 +40,7 @@ def test_build_embeds_the_images_and_writes_embeddings_index_and_example(built):
     assert "4 images embedded" in result.stdout
     for name in ["embeddings/manifest.json", "embeddings/skipped.csv", "index/index.json", "example_queries.jpg"]:
         assert (artifacts / name).is_file(), name
-    assert len(list(artifacts.glob("embeddings/embeddings.*.npy"))) == 1
+    assert len(list(artifacts.glob("embeddings/vectors.*.npy"))) == 1
     assert len(list(artifacts.glob("index/index.*.faiss"))) == 1
 
 
@@ -50,7 +50,7 @@ def test_build_again_on_an_unchanged_folder_embeds_nothing_and_updates_the_index
     assert result.returncode == 0, result.stderr
     assert "this run: 0 added, 0 changed, 0 removed, 0 renamed, 4 unchanged, 0 skipped" in result.stdout
     assert "updated in place: 0 vectors added, 0 removed" in result.stdout
-    assert len(list(artifacts.glob("embeddings/embeddings.*.npy"))) == 1  # the earlier save's file is gone
+    assert len(list(artifacts.glob("embeddings/vectors.*.npy"))) == 1  # the shard is kept, none added
 
 
 def test_query_prints_k_results_with_the_identical_image_first(built, run):

@@ -7,8 +7,8 @@ each, what was saved before must load whole, and the next save must clean up.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
-import io
 import os
 import queue
 import random
@@ -25,6 +25,7 @@ import faiss
 import numpy as np
 import pytest
 
+from imagesearch import extract
 from imagesearch.extract import MANIFEST_FILE, load_embeddings, save_embeddings
 from imagesearch.index import METADATA_FILE, build_index, load_index, save_index
 from imagesearch.storage import TEMPORARY_PREFIX
@@ -50,7 +51,7 @@ def state_b(make_embeddings):
 def saved_a(tmp_path, state_a):
     """State A saved in `tmp_path/embeddings` and `tmp_path/index`; returns the two folders."""
     folders = {"embeddings": tmp_path / "embeddings", "index": tmp_path / "index"}
-    save_embeddings(state_a, folders["embeddings"])
+    save_embeddings(dataclasses.replace(state_a), folders["embeddings"])  # state_a itself keeps its vectors in memory
     save_index(build_index(state_a, "Flat"), folders["index"])
     return folders
 
@@ -58,7 +59,7 @@ def saved_a(tmp_path, state_a):
 def save(state, folders, what: str) -> None:
     """Save `state` as embeddings or as a Flat index into its folder."""
     if what == "embeddings":
-        save_embeddings(state, folders["embeddings"])
+        save_embeddings(dataclasses.replace(state), folders["embeddings"])  # a save rebinds what it saved to its files
     else:
         save_index(build_index(state, "Flat"), folders["index"])
 
@@ -68,7 +69,7 @@ def temporary_files(folder: Path) -> list[str]:
 
 
 def data_files(folder: Path) -> list[str]:
-    return sorted(path.name for path in [*folder.glob("embeddings.*.npy"), *folder.glob("index.*.faiss")])
+    return sorted(path.name for path in [*folder.glob("vectors.*.npy"), *folder.glob("index.*.faiss")])
 
 
 def assert_holds(folders, state) -> None:
@@ -88,18 +89,16 @@ def assert_holds(folders, state) -> None:
 # --- failure injectors: each wraps a real write function so it writes part of its data, then raises ---
 
 
-def numpy_save_fills_disk(monkeypatch, fired: list) -> None:
-    real_save = np.save
+def shard_write_fills_disk(monkeypatch, fired: list) -> None:
+    real_write_shard = extract.write_shard
 
-    def save_half(file, array, *args, **kwargs):
-        buffer = io.BytesIO()
-        real_save(buffer, array, *args, **kwargs)
-        file.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
-        file.flush()
-        fired.append(file.name)
+    def write_half(path, store, rows):
+        real_write_shard(path, store, rows)
+        os.truncate(path, os.path.getsize(path) // 2)
+        fired.append(path)
         raise OSError(errno.ENOSPC, DISK_FULL)
 
-    monkeypatch.setattr("imagesearch.extract.np.save", save_half)
+    monkeypatch.setattr("imagesearch.extract.write_shard", write_half)
 
 
 def faiss_write_index_fills_disk(monkeypatch, fired: list) -> None:
@@ -128,7 +127,7 @@ def json_write_fills_disk(monkeypatch, fired: list) -> None:
 @pytest.mark.parametrize(
     ("inject", "what"),
     [
-        pytest.param(numpy_save_fills_disk, "embeddings", id="numpy.save-vectors"),
+        pytest.param(shard_write_fills_disk, "embeddings", id="vectors-shard"),
         pytest.param(faiss_write_index_fills_disk, "index", id="faiss.write_index"),
         pytest.param(json_write_fills_disk, "embeddings", id="json-manifest"),
         pytest.param(json_write_fills_disk, "index", id="json-index-metadata"),
@@ -151,7 +150,7 @@ def test_save_failing_midway_raises_and_keeps_the_previous_state_whole(
 
 @pytest.mark.parametrize(
     ("what", "metadata", "stem"),
-    [("embeddings", MANIFEST_FILE, "embeddings"), ("index", METADATA_FILE, "index")],
+    [("embeddings", MANIFEST_FILE, "vectors"), ("index", METADATA_FILE, "index")],
 )
 def test_interruption_before_the_metadata_commit_keeps_the_previous_data_and_next_save_removes_the_orphan(
     monkeypatch, saved_a, state_a, state_b, what, metadata, stem
@@ -213,7 +212,10 @@ for name, value in {KILL_STATES!r}.items():
     states[name] = (embeddings, build_index(embeddings, "Flat"))
 
 def save(name):
-    save_embeddings(states[name][0], folder / "embeddings")
+    embeddings = states[name][0]
+    # A copy: a save rebinds what it saved to the shards it wrote, which the other state's save deletes.
+    save_embeddings(Embeddings(embeddings.vectors, embeddings.items, info, "/nowhere", next_id={ROWS}),
+                    folder / "embeddings")
     save_index(states[name][1], folder / "index")
 """
 
@@ -312,7 +314,7 @@ def test_process_killed_at_random_moments_while_saving_leaves_each_folder_wholly
 @pytest.mark.parametrize(
     ("killed_file", "folder"),
     [
-        pytest.param("embeddings.*.npy", "embeddings", id="vectors"),
+        pytest.param("vectors.*.npy", "embeddings", id="vectors"),
         pytest.param("skipped.csv", "embeddings", id="skipped-report"),
         pytest.param(MANIFEST_FILE, "embeddings", id="manifest"),
         pytest.param("index.*.faiss", "index", id="faiss-index"),
@@ -332,7 +334,7 @@ def test_process_killed_before_a_file_is_renamed_into_place_keeps_state_and_next
     # still holds A; killed after it (the skip report is written last), it holds B. The index, saved after the
     # embeddings, holds A throughout.
     states = assert_each_folder_wholly_one_state(tmp_path)
-    committed = killed_file not in ("embeddings.*.npy", MANIFEST_FILE)
+    committed = killed_file not in ("vectors.*.npy", MANIFEST_FILE)
     assert states == ("B" if committed else "A", "A")
 
     embeddings = load_embeddings(tmp_path / "embeddings")

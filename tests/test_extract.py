@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -11,9 +12,9 @@ import numpy as np
 import pytest
 
 from imagesearch.extract import (
-    _prefetched,
     MANIFEST_FILE,
     SKIPPED_FILE,
+    _prefetched,
     extract_embeddings,
     load_embeddings,
     save_embeddings,
@@ -21,9 +22,10 @@ from imagesearch.extract import (
 from imagesearch.images import load_image
 from imagesearch.storage import FORMAT_VERSION, ArtifactError, atomic_path
 
-def vectors_file(directory):
-    """The vectors file the committed manifest names."""
-    return directory / json.loads((directory / MANIFEST_FILE).read_text())["vectors_file"]
+
+def shard_files(directory) -> list:
+    """The vector shards the committed manifest names."""
+    return [directory / shard["file"] for shard in json.loads((directory / MANIFEST_FILE).read_text())["shards"]]
 
 
 GOOD = ["a.jpg", "nested/b.png", "nested/d.JPG", "nested/deeper/c.gif", "z.webp"]  # in list_images order
@@ -107,14 +109,14 @@ def test_extract_rejects_a_batch_size_below_one(tmp_path, random_resnet, batch_s
 def saved(tmp_path, messy_embeddings):
     """A folder written by save_embeddings from the messy extraction."""
     directory = tmp_path / "embeddings"
-    save_embeddings(messy_embeddings, directory)
+    save_embeddings(dataclasses.replace(messy_embeddings), directory)  # a save rebinds what it saved to its files
     return directory
 
 
 def test_save_then_load_embeddings_gives_back_the_same_embeddings(tmp_path, messy_embeddings):
-    written = save_embeddings(messy_embeddings, tmp_path / "embeddings")
+    written = save_embeddings(dataclasses.replace(messy_embeddings), tmp_path / "embeddings")
     assert sorted(path.name for path in written) == sorted(
-        [vectors_file(tmp_path / "embeddings").name, MANIFEST_FILE, SKIPPED_FILE]
+        [*(path.name for path in shard_files(tmp_path / "embeddings")), MANIFEST_FILE, SKIPPED_FILE]
     )
     loaded = load_embeddings(tmp_path / "embeddings")
     assert loaded.vectors.dtype == np.float32
@@ -126,8 +128,8 @@ def test_save_then_load_embeddings_gives_back_the_same_embeddings(tmp_path, mess
 
 
 def test_load_embeddings_with_wrong_row_count_raises_artifact_error(saved):
-    vectors = np.load(vectors_file(saved))
-    np.save(vectors_file(saved), vectors[:-1])
+    (shard,) = shard_files(saved)
+    np.save(shard, np.load(shard)[:-1])
     with pytest.raises(ArtifactError, match="extract the embeddings again"):
         load_embeddings(saved)
 
@@ -150,8 +152,9 @@ def test_load_embeddings_of_another_format_or_kind_raises_artifact_error(saved, 
         load_embeddings(saved)
 
 
-def test_load_embeddings_without_vectors_file_raises_artifact_error(saved):
-    vectors_file(saved).unlink()
+def test_load_embeddings_without_its_vectors_file_raises_artifact_error(saved):
+    (shard,) = shard_files(saved)
+    shard.unlink()
     with pytest.raises(ArtifactError, match="extract the embeddings again"):
         load_embeddings(saved)
 
@@ -187,12 +190,14 @@ def test_saved_files_get_umask_permissions_not_private_temp_file_permissions(tmp
         "from imagesearch.embedders import EmbedderInfo\n"
         "from imagesearch.extract import Embeddings, save_embeddings\n"
         "info = EmbedderInfo('test', 'none', 4, (224, 224))\n"
-        "save_embeddings(Embeddings(np.zeros((0, 4), np.float32), [], info, 'images'), sys.argv[1])\n"
+        "from imagesearch.extract import ImageRecord\n"
+        "items = [ImageRecord(0, 'a.jpg', 1, 1, 'cafe')]\n"
+        "save_embeddings(Embeddings(np.zeros((1, 4), np.float32), items, info, 'images'), sys.argv[1])\n"
     )
     subprocess.run([sys.executable, "-c", script, str(tmp_path)], cwd=repo_root, check=True, umask=0o022)
     modes = {path.name: oct(path.stat().st_mode & 0o777) for path in tmp_path.iterdir()}
     assert sorted(modes.values()) == [oct(0o644)] * 3
-    assert set(modes) == {vectors_file(tmp_path).name, MANIFEST_FILE, SKIPPED_FILE}
+    assert set(modes) == {*(path.name for path in shard_files(tmp_path)), MANIFEST_FILE, SKIPPED_FILE}
 
 
 # --- decoding ahead in a background thread ---------------------------------------------------------

@@ -1,0 +1,182 @@
+"""Where the vectors of a collection live, and reading them in bounded chunks.
+
+A collection's vectors are rarely all in one place: after an incremental run,
+most sit in shards saved earlier, the new ones in the run's journal on disk
+(or in memory, when nothing is journaled). A `VectorStore` records, for each
+row, its source and its row there, and reads rows on demand. Indexing and
+saving go through `chunks` and `take`, so neither needs every vector in
+memory at once: a million 2048-d vectors are 8 GB on disk, and a few MB at a
+time in RAM.
+
+Shards are plain `.npy` files of float32 rows, written once and never
+changed. They are read through a memory map that is released after each read,
+so pages read for one chunk do not stay resident.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .storage import ArtifactError
+
+#: Rows read or written per step: 8 MiB of 2048-d float32 vectors.
+CHUNK_ROWS = 1024
+
+
+@dataclass(frozen=True, eq=False)
+class ArraySource:
+    """Vectors held in memory."""
+
+    array: np.ndarray
+
+    @property
+    def rows(self) -> int:
+        return len(self.array)
+
+    def read(self, rows: np.ndarray) -> np.ndarray:
+        return self.array[rows]
+
+
+@dataclass(frozen=True, eq=False)
+class FileSource:
+    """Vectors in a `.npy` file (a saved shard), or under `key` in a `.npz` file (a journaled batch)."""
+
+    path: Path
+    key: str | None = None
+
+    @property
+    def rows(self) -> int:
+        return len(self._open())
+
+    def read(self, rows: np.ndarray) -> np.ndarray:
+        return np.array(self._open()[rows])  # a copy: the memory map is released when this returns
+
+    def _open(self) -> np.ndarray:
+        try:
+            if self.key is None:
+                return np.load(self.path, mmap_mode="r")
+            with np.load(self.path) as archive:
+                return archive[self.key]
+        except FileNotFoundError:
+            raise ArtifactError(
+                f"{self.path} is gone: the folder was saved over or cleaned up since these embeddings were "
+                "made or loaded; load them again"
+            ) from None
+
+
+Source = ArraySource | FileSource
+
+
+class VectorStore:
+    """An (n, dim) float32 matrix whose rows live in several sources; row i is at `locations[i]`.
+
+    `locations` holds (source number, row in that source) pairs. Sources no
+    row refers to are dropped.
+    """
+
+    def __init__(self, sources: Sequence[Source], locations: np.ndarray, dim: int):
+        locations = np.asarray(locations, dtype=np.int64).reshape(-1, 2)
+        used = np.unique(locations[:, 0])
+        renumber = np.full(len(sources), -1, dtype=np.int64)
+        renumber[used] = np.arange(len(used))
+        self.sources: list[Source] = [sources[number] for number in used]
+        self.locations = np.column_stack([renumber[locations[:, 0]], locations[:, 1]]) if len(locations) else locations
+        self.dim = dim
+
+    @classmethod
+    def from_array(cls, array: np.ndarray) -> VectorStore:
+        """A store over an in-memory (n, dim) array, row for row."""
+        array = np.ascontiguousarray(array, dtype=np.float32)
+        if array.ndim != 2:
+            raise ValueError(f"vectors must be an (n, dim) array, got shape {array.shape}")
+        locations = np.column_stack([np.zeros(len(array), np.int64), np.arange(len(array))])
+        return cls([ArraySource(array)], locations, array.shape[1])
+
+    @classmethod
+    def gather(cls, places: Sequence[tuple[Source, int]], dim: int) -> VectorStore:
+        """A store whose row i is row `places[i][1]` of source `places[i][0]`."""
+        sources: list[Source] = []
+        number_of: dict[int, int] = {}
+        numbers = []
+        for source, _ in places:
+            if (number := number_of.get(id(source))) is None:
+                number = number_of[id(source)] = len(sources)
+                sources.append(source)
+            numbers.append(number)
+        return cls(sources, np.column_stack([numbers, [row for _, row in places]]), dim)
+
+    def __len__(self) -> int:
+        return len(self.locations)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self), self.dim
+
+    def take(self, rows: Sequence[int] | np.ndarray) -> np.ndarray:
+        """The vectors of `rows`, in that order, as a new (len(rows), dim) array."""
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.empty((len(rows), self.dim), dtype=np.float32)
+        where = self.locations[rows]
+        for number in np.unique(where[:, 0]):
+            mine = np.flatnonzero(where[:, 0] == number)
+            order = np.argsort(where[mine, 1], kind="stable")  # read each source front to back
+            out[mine[order]] = self.sources[number].read(where[mine[order], 1])
+        return out
+
+    def chunks(self, rows: int = CHUNK_ROWS) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield (first row, vectors) for consecutive blocks of up to `rows` rows, in order."""
+        for start in range(0, len(self), rows):
+            yield start, self.take(np.arange(start, min(start + rows, len(self))))
+
+    def to_array(self) -> np.ndarray:
+        """Every vector, in order, in one array in memory."""
+        return self.take(np.arange(len(self)))
+
+    def subset(self, rows: Sequence[int] | np.ndarray) -> VectorStore:
+        """A store of only `rows`, in that order, over the same sources (nothing is read)."""
+        return VectorStore(self.sources, self.locations[np.asarray(rows, dtype=np.int64)], self.dim)
+
+    def rows_in(self, source: Source) -> np.ndarray:
+        """The rows of this store whose vectors are in `source`."""
+        for number, candidate in enumerate(self.sources):
+            if candidate is source:
+                return np.flatnonzero(self.locations[:, 0] == number)
+        return np.zeros(0, dtype=np.int64)
+
+
+def write_shard(path: str | os.PathLike, store: VectorStore, rows: np.ndarray) -> None:
+    """Write the vectors of `rows` of `store` to a `.npy` file, a chunk at a time."""
+    header = {
+        "descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
+        "fortran_order": False,
+        "shape": (len(rows), store.dim),
+    }
+    with open(path, "wb") as file:
+        np.lib.format.write_array_header_2_0(file, header)
+        for start in range(0, len(rows), CHUNK_ROWS):
+            file.write(store.take(rows[start : start + CHUNK_ROWS]).tobytes())
+
+
+def shard_shape(path: Path) -> tuple[tuple[int, ...], np.dtype]:
+    """The shape and dtype a `.npy` file's header declares, and check that its data is all there."""
+    try:
+        with open(path, "rb") as file:
+            version = np.lib.format.read_magic(file)
+            read_header = (
+                np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            )
+            shape, _, dtype = read_header(file)
+            data_bytes = os.fstat(file.fileno()).st_size - file.tell()
+    except (ValueError, OSError) as error:
+        raise ArtifactError(f"{path} is not a readable vectors file ({error}); extract the embeddings again") from error
+    if data_bytes != int(np.prod(shape)) * dtype.itemsize:
+        raise ArtifactError(
+            f"{path} declares {shape} {dtype} but holds {data_bytes} bytes of data: it is truncated or was changed; "
+            "extract the embeddings again"
+        )
+    return shape, dtype
