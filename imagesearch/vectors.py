@@ -128,8 +128,9 @@ class VectorStore:
             out[mine[order]] = self.sources[number].read(where[mine[order], 1])
         return out
 
-    def chunks(self, rows: int = CHUNK_ROWS) -> Iterator[tuple[int, np.ndarray]]:
-        """Yield (first row, vectors) for consecutive blocks of up to `rows` rows, in order."""
+    def chunks(self, rows: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield (first row, vectors) for consecutive blocks of up to `rows` (default CHUNK_ROWS) rows, in order."""
+        rows = rows or CHUNK_ROWS
         for start in range(0, len(self), rows):
             yield start, self.take(np.arange(start, min(start + rows, len(self))))
 
