@@ -34,10 +34,6 @@ class ArraySource:
 
     array: np.ndarray
 
-    @property
-    def rows(self) -> int:
-        return len(self.array)
-
     def read(self, rows: np.ndarray) -> np.ndarray:
         return self.array[rows]
 
@@ -48,10 +44,6 @@ class FileSource:
 
     path: Path
     key: str | None = None
-
-    @property
-    def rows(self) -> int:
-        return len(self._open())
 
     def read(self, rows: np.ndarray) -> np.ndarray:
         return np.array(self._open()[rows])  # a copy: the memory map is released when this returns
