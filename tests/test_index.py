@@ -13,7 +13,8 @@ import pytest
 
 from imagesearch.evaluate import self_search_facts
 from imagesearch.images import ImageLoadError
-from imagesearch.index import METADATA_FILE, _faiss_threads, build_index, load_index, save_index
+from imagesearch import index as index_module
+from imagesearch.index import METADATA_FILE, _faiss_threads, _training_sample, build_index, load_index, save_index
 from imagesearch.query import EmbedderMismatchError, check_compatible, search_image, search_indexed
 from imagesearch.storage import ArtifactError
 
@@ -151,6 +152,24 @@ def test_approximate_ivf_index_trains_and_finds_each_vector_itself(make_embeddin
         assert hits[0].path == f"img_{row:03d}.jpg"  # a vector's own list is the one probed
         assert 1 <= len(hits) <= 5
         assert [hit.distance for hit in hits] == sorted(hit.distance for hit in hits)
+
+
+def test_a_large_collection_trains_on_a_bounded_seeded_sample_and_still_indexes_everything(
+    make_embeddings, monkeypatch
+):
+    monkeypatch.setattr(index_module, "MAX_TRAINING_VECTORS", 40)
+    vectors = np.random.default_rng(3).normal(size=(100, 16)).astype(np.float32)
+    embeddings = make_embeddings(vectors, [f"img_{row:03d}.jpg" for row in range(100)])
+    sample = _training_sample(embeddings.store)
+    assert sample.shape == (40, 16)
+    assert len({row.tobytes() for row in sample}) == 40 and {row.tobytes() for row in sample} <= {
+        row.tobytes() for row in vectors
+    }
+    assert np.array_equal(_training_sample(embeddings.store), sample)  # seeded: the same sample every time
+    ivf = build_index(embeddings, "IVF4,Flat")
+    ivf.index.nprobe = 4
+    assert len(ivf) == 100
+    assert [hits[0].path for hits in ivf.search(vectors, 1)] == embeddings.paths
 
 
 def test_search_indexed_works_on_an_ivf_index(make_embeddings):
