@@ -43,7 +43,6 @@ from imagesearch.index import (
 from imagesearch.query import EmbedderMismatchError, check_compatible, search_image, search_indexed
 from imagesearch.storage import ArtifactError, embeddings_dir, index_dir
 
-
 __all__ = [
     "ArtifactError",
     "Changes",

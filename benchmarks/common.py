@@ -161,13 +161,17 @@ def _version(module: str) -> str:
         return "not installed"
 
 
-def images_benchmark_parser(description: str, what: str, repeats: int, smoke: tuple[int, int]) -> argparse.ArgumentParser:
+def images_benchmark_parser(
+    description: str, what: str, repeats: int, smoke: tuple[int, int]
+) -> argparse.ArgumentParser:
     """The command line of a benchmark over image files: --images, --count, --batch-size, --repeats, --smoke."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--images", type=Path, default=DEMO_IMAGES, help="folder of images (default: the demo set)")
     parser.add_argument("--count", type=int, default=112, help="images to time, cycling through the folder")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=repeats, help=f"time each {what} this many times, keep the fastest")
+    parser.add_argument(
+        "--repeats", type=int, default=repeats, help=f"time each {what} this many times, keep the fastest"
+    )
     parser.add_argument(
         "--smoke", action="store_true",
         help=f"only check that the script works: {smoke[0]} images, batch {smoke[1]} (overrides the above)",

@@ -74,7 +74,7 @@ def time_embedders(
     results: dict[str, tuple[float, np.ndarray]] = {}
     for _ in range(repeats):
         for name, embedder in embedders.items():
-            seconds, vectors = timed(lambda: np.concatenate([embedder.embed(batch) for batch in batches]))
+            seconds, vectors = timed(lambda e=embedder: np.concatenate([e.embed(batch) for batch in batches]))
             if name not in results or seconds < results[name][0]:
                 results[name] = (seconds, vectors)
     return results

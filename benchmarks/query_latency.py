@@ -172,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"settings: {embedder.info}; Flat indexes of {', '.join(f'{n:,}' for n in args.sizes)} seeded random normal "
         "vectors (an exact search takes as long whatever the vectors; paths synthetic), saved and loaded back; "
-        f"k {args.k}; FAISS on {faiss.omp_get_max_threads()} OpenMP threads (ours: 1 for a single query); {args.queries} timed queries per index "
+        f"k {args.k}; FAISS on {faiss.omp_get_max_threads()} OpenMP threads (ours: 1 for a single query); "
+        f"{args.queries} timed queries per index "
         f"after {args.warmup} untimed, cycling through the {len(demo)} demo images (in the OS cache after one pass)"
     )
     if args.smoke:

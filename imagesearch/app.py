@@ -52,7 +52,9 @@ class SearchApp:
             self.hits = search_image(self.search_index, self.embedder, content, self.slider.value)
         except ImageLoadError as error:
             self.hits = []
-            self.status.value = f"Cannot search with {name}: {error.reason}. Upload a JPEG, PNG, GIF, TIFF or WebP image."
+            self.status.value = (
+                f"Cannot search with {name}: {error.reason}. Upload a JPEG, PNG, GIF, TIFF or WebP image."
+            )
             self.output.outputs = ()
             return self.hits
         self.status.value = f"{len(self.hits)} nearest neighbours of the upload {name}"

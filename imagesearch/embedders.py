@@ -190,7 +190,8 @@ class TFLiteEmbedder:
             )
         _, height, width, _ = self._input["shape"]
         dim = int(np.prod(self._output["shape"][1:]))
-        self.info = EmbedderInfo(f"tflite:{path.name}", f"sha256:{_sha256_prefix(path)}", dim, (int(width), int(height)))
+        weights = f"sha256:{_sha256_prefix(path)}"
+        self.info = EmbedderInfo(f"tflite:{path.name}", weights, dim, (int(width), int(height)))
         self._batch = int(self._input["shape"][0])
 
     def embed(self, images: np.ndarray) -> np.ndarray:

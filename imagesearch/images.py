@@ -12,7 +12,7 @@ import os
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO, Union
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -23,7 +23,7 @@ IMAGE_EXTENSIONS = frozenset(
 )
 
 #: Anything `open_rgb` accepts: a path, raw bytes (an upload), or a binary file object.
-ImageSource = Union[str, os.PathLike, bytes, BinaryIO]
+ImageSource = str | os.PathLike | bytes | BinaryIO
 
 
 class ImageLoadError(ValueError):

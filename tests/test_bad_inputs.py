@@ -14,12 +14,20 @@ from typing import NamedTuple
 import numpy as np
 import pytest
 
-from bad_corpus import (
-    BOMB, EXIF_ROTATED, EXPECTATIONS, FIFO, HUGE_JPEG, NOT_AN_IMAGE, UPRIGHT_TWIN, ZEROS,
-    make_bad_corpus,
-)
 from imagesearch.extract import Embeddings, extract_embeddings
 from imagesearch.images import load_image
+
+from bad_corpus import (
+    BOMB,
+    EXIF_ROTATED,
+    EXPECTATIONS,
+    FIFO,
+    HUGE_JPEG,
+    NOT_AN_IMAGE,
+    UPRIGHT_TWIN,
+    ZEROS,
+    make_bad_corpus,
+)
 
 #: What decoding the 8000 x 6000 JPEG in full would take (8000 * 6000 * 3 bytes); a reduced-scale decode is far less.
 FULL_DECODE_MB = 144

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -115,7 +115,7 @@ def test_app_upload_through_the_file_upload_widget_searches(app, tiny_collection
     content = (tiny_collection.root / "five.jpg").read_bytes()
     app.upload.value = (
         {"name": "mine.jpg", "type": "image/jpeg", "size": len(content), "content": memoryview(content),
-         "last_modified": datetime.now(timezone.utc)},
+         "last_modified": datetime.now(UTC)},
     )
     assert app.hits[0].path == "five.jpg"
     assert "mine.jpg" in app.status.value

@@ -7,13 +7,12 @@ import json
 import threading
 
 import faiss
-
 import numpy as np
 import pytest
 
+from imagesearch import index as index_module
 from imagesearch.evaluate import self_search_facts
 from imagesearch.images import ImageLoadError
-from imagesearch import index as index_module
 from imagesearch.index import METADATA_FILE, _faiss_threads, _training_sample, build_index, load_index, save_index
 from imagesearch.query import EmbedderMismatchError, check_compatible, search_image, search_indexed
 from imagesearch.storage import ArtifactError
