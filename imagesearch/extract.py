@@ -20,15 +20,16 @@ a move) keeps its vector too. Everything else is embedded.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
 import os
 import queue
-import shutil
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from fnmatch import fnmatch
 from pathlib import Path
 from stat import S_ISREG
 from typing import TypeVar
@@ -38,7 +39,16 @@ from tqdm.auto import tqdm
 
 from .embedders import Embedder, EmbedderInfo
 from .images import ImageLoadError, list_images, load_image
-from .storage import FORMAT_VERSION, ArtifactError, atomic_path, fresh_name, read_json, remove_stale, write_json
+from .storage import (
+    FORMAT_VERSION,
+    ArtifactError,
+    atomic_path,
+    exclusive,
+    fresh_name,
+    read_json,
+    remove_stale,
+    write_json,
+)
 from .vectors import ArraySource, FileSource, Source, VectorStore, shard_shape, write_shard
 
 T = TypeVar("T")
@@ -118,7 +128,7 @@ class Embeddings:
     skipped: list[Skipped] = field(default_factory=list)
     next_id: int = 0  # ids are never reused, so an id names one image content for good
     changes: Changes = field(default_factory=Changes)
-    journal: Path | None = None  # where this run journaled its progress; deleted once saved
+    journal: list[Path] = field(default_factory=list)  # the journal files this run used; deleted once saved
 
     def __post_init__(self) -> None:
         if not isinstance(self.store, VectorStore):
@@ -267,7 +277,7 @@ def extract_embeddings(
     skipped.sort(key=lambda skip: skip.path)
     unchanged = len(items) - resumed_or_embedded - len(renamed)
     changes = Changes(added, changed, removed, renamed, unchanged, len(skipped), resumed)
-    return Embeddings(store, items, embedder.info, str(root), skipped, next_id, changes, journal.folder)
+    return Embeddings(store, items, embedder.info, str(root), skipped, next_id, changes, journal.files)
 
 
 class _Journal:
@@ -281,7 +291,10 @@ class _Journal:
     def __init__(self, folder: Path | None, embedder: EmbedderInfo):
         self.folder, self.embedder = folder, embedder
         self._entries: dict[tuple[str, int, int], tuple[str, tuple[Source, int]]] = {}
-        for path in sorted(folder.glob(f"batch.*{JOURNAL_SUFFIX}")) if folder and folder.is_dir() else []:
+        # What a save of this run deletes: the journal as it was (another embedder's batches, what a killed
+        # write left) and the batches this run writes; not what a concurrent run adds meanwhile.
+        self.files: list[Path] = sorted(folder.iterdir()) if folder and folder.is_dir() else []
+        for path in [path for path in self.files if fnmatch(path.name, f"batch.*{JOURNAL_SUFFIX}")]:
             with np.load(path) as batch:  # reads only the metadata; vectors are read when they are used
                 meta = json.loads(batch["meta"].item())
             if EmbedderInfo.from_dict(meta["embedder"]).compatible_with(embedder):
@@ -307,6 +320,7 @@ class _Journal:
         path = self.folder / fresh_name("batch", JOURNAL_SUFFIX)
         with atomic_path(path) as temporary, open(temporary, "wb") as file:
             np.savez(file, vectors=vectors, meta=np.array(json.dumps(meta)))
+        self.files.append(path)
         return FileSource(path, key="vectors")
 
 
@@ -406,9 +420,14 @@ def save_embeddings(embeddings: Embeddings, directory: str | os.PathLike) -> lis
     written last, atomically (the commit); only then are shards no longer
     named deleted, with the journal of the run. Shards mostly of dead rows,
     and many small ones, are rewritten on the way (compaction). Afterwards
-    `embeddings` reads its vectors from the saved shards.
+    `embeddings` reads its vectors from the saved shards. One process at a
+    time saves into a folder; another raises `FolderBusyError`.
     """
-    directory = Path(directory)
+    with exclusive(directory):
+        return _save_embeddings(embeddings, Path(directory))
+
+
+def _save_embeddings(embeddings: Embeddings, directory: Path) -> list[Path]:
     store = embeddings.store
     kept = _shards_to_keep(store, directory)
     keep_row = np.isin(store.locations[:, 0], [number for number, _ in kept])
@@ -455,9 +474,8 @@ def save_embeddings(embeddings: Embeddings, directory: str | os.PathLike) -> lis
     names = {source.path.name for source, _ in shards}
     remove_stale(directory, SHARD_STEM, SHARD_SUFFIX, keep=names)
     remove_stale(directory, LEGACY_STEM, SHARD_SUFFIX, keep=names)
-    if embeddings.journal is not None:  # saved now: an interrupted-run journal has served its purpose
-        shutil.rmtree(embeddings.journal, ignore_errors=True)
-        embeddings.journal = None
+    _delete_journal(embeddings.journal)  # saved now: the run's journal has served its purpose
+    embeddings.journal = []
     # The skip report is for people; the manifest, already committed, holds the same list.
     skipped_path = directory / SKIPPED_FILE
     with atomic_path(skipped_path) as temporary, open(temporary, "w", newline="", encoding="utf-8") as file:
@@ -465,6 +483,15 @@ def save_embeddings(embeddings: Embeddings, directory: str | os.PathLike) -> lis
         writer.writerow(["path", "reason"])
         writer.writerows((skip.path, skip.reason) for skip in embeddings.skipped)
     return [manifest_path, *(source.path for source, _ in shards), skipped_path]
+
+
+def _delete_journal(files: list[Path]) -> None:
+    """Delete a saved run's journal files, then their folder if nothing else is left in it."""
+    for path in files:
+        path.unlink(missing_ok=True)
+    for folder in {path.parent for path in files}:
+        with contextlib.suppress(OSError):  # not empty: another run is journaling there
+            folder.rmdir()
 
 
 def _shards_to_keep(store: VectorStore, directory: Path) -> list[tuple[int, FileSource]]:

@@ -27,7 +27,16 @@ import numpy as np
 
 from .embedders import EmbedderInfo
 from .extract import Embeddings
-from .storage import FORMAT_VERSION, ArtifactError, atomic_path, fresh_name, read_json, remove_stale, write_json
+from .storage import (
+    FORMAT_VERSION,
+    ArtifactError,
+    atomic_path,
+    exclusive,
+    fresh_name,
+    read_json,
+    remove_stale,
+    write_json,
+)
 from .vectors import VectorStore
 
 METADATA_FILE = "index.json"
@@ -213,8 +222,15 @@ def _ivf_of(index: faiss.Index) -> faiss.IndexIVF | None:
 
 
 def save_index(search_index: SearchIndex, directory: str | os.PathLike) -> list[Path]:
-    """Save the index so that a crash at any point leaves the previous save whole (see `storage`)."""
-    directory = Path(directory)
+    """Save the index so that a crash at any point leaves the previous save whole (see `storage`).
+
+    One process at a time saves into a folder; another raises `FolderBusyError`.
+    """
+    with exclusive(directory):
+        return _save_index(search_index, Path(directory))
+
+
+def _save_index(search_index: SearchIndex, directory: Path) -> list[Path]:
     index_name = fresh_name(INDEX_STEM, INDEX_SUFFIX)
     with atomic_path(directory / index_name) as temporary:
         faiss.write_index(search_index.index, str(temporary))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import sys
 import tempfile
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
@@ -24,6 +25,9 @@ os.umask(_UMASK)
 
 #: Every temporary file starts with this, so that the next save can remove what a killed one left.
 TEMPORARY_PREFIX = ".tmp-"
+
+#: The file whose lock a save holds, so that one process at a time saves into a folder.
+LOCK_FILE = ".lock"
 
 #: Bumped whenever the layout of saved embeddings or indexes changes. Format 3 keeps embeddings in
 #: shards; format 2 (one vectors file, the same index layout) is still read.
@@ -43,6 +47,40 @@ def index_dir(artifacts: str | os.PathLike) -> Path:
 
 class ArtifactError(RuntimeError):
     """Saved state is missing, from another format, or inconsistent; the message says how to fix it."""
+
+
+class FolderBusyError(ArtifactError):
+    """Another process is saving into the same folder right now."""
+
+
+@contextmanager
+def exclusive(directory: str | os.PathLike) -> Iterator[None]:
+    """Hold `directory`'s save lock for the block, or raise `FolderBusyError` at once if another process holds it.
+
+    Two saves interleaved in one folder could each delete the other's new
+    files after the other's commit. The lock is `flock` on a `.lock` file: the
+    system releases it when its holder ends, so a killed save never leaves the
+    folder locked. (Where there is no `flock`, on Windows, saves are not locked.)
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    if sys.platform == "win32":
+        yield
+        return
+    import fcntl
+
+    with open(directory / LOCK_FILE, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FolderBusyError(
+                f"another process is saving into {directory} right now; run one update of a folder at a time "
+                "(an interrupted extraction resumes from its journal when run again)"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @contextmanager
@@ -76,7 +114,7 @@ def fresh_name(stem: str, suffix: str) -> str:
 
 def remove_stale(directory: str | os.PathLike, stem: str, suffix: str, keep: Collection[str]) -> None:
     """Delete the data files `stem.*suffix` of earlier saves, all but those named in `keep` (the committed
-    ones), and the temporary files that a killed save left behind. Saves to one folder must not run concurrently."""
+    ones), and the temporary files that a killed save left behind. Call it holding the folder's lock (`exclusive`)."""
     if isinstance(keep, str):
         raise TypeError("keep is a collection of file names, not one name")
     directory = Path(directory)

@@ -20,7 +20,7 @@ from imagesearch.extract import (
     save_embeddings,
 )
 from imagesearch.images import load_image
-from imagesearch.storage import FORMAT_VERSION, ArtifactError, atomic_path
+from imagesearch.storage import FORMAT_VERSION, LOCK_FILE, ArtifactError, atomic_path
 
 
 def shard_files(directory) -> list:
@@ -196,8 +196,8 @@ def test_saved_files_get_umask_permissions_not_private_temp_file_permissions(tmp
     )
     subprocess.run([sys.executable, "-c", script, str(tmp_path)], cwd=repo_root, check=True, umask=0o022)
     modes = {path.name: oct(path.stat().st_mode & 0o777) for path in tmp_path.iterdir()}
-    assert sorted(modes.values()) == [oct(0o644)] * 3
-    assert set(modes) == {*(path.name for path in shard_files(tmp_path)), MANIFEST_FILE, SKIPPED_FILE}
+    assert set(modes) == {*(path.name for path in shard_files(tmp_path)), MANIFEST_FILE, SKIPPED_FILE, LOCK_FILE}
+    assert sorted(modes.values()) == [oct(0o644)] * 4
 
 
 # --- decoding ahead in a background thread ---------------------------------------------------------
