@@ -16,7 +16,7 @@ from .extract import extract_embeddings, load_embeddings, load_previous_embeddin
 from .images import ImageLoadError
 from .index import SearchIndex, build_index, load_index, load_previous_index, save_index
 from .query import EmbedderMismatchError, search_image, search_indexed
-from .storage import ArtifactError, embeddings_dir, index_dir
+from .storage import ArtifactError, embeddings_dir, exclusive, index_dir
 
 
 def build(args: argparse.Namespace) -> int:
@@ -58,8 +58,9 @@ def index(args: argparse.Namespace) -> int:
 
 
 def _update_index(args: argparse.Namespace) -> SearchIndex:
-    embeddings = load_embeddings(embeddings_dir(args.artifacts))
-    search_index = build_index(embeddings, args.factory, previous=load_previous_index(index_dir(args.artifacts)))
+    with exclusive(embeddings_dir(args.artifacts)):  # no extraction may rewrite the shards while they are read
+        embeddings = load_embeddings(embeddings_dir(args.artifacts))
+        search_index = build_index(embeddings, args.factory, previous=load_previous_index(index_dir(args.artifacts)))
     save_index(search_index, index_dir(args.artifacts))
     print(f"Index {search_index.factory} of {len(search_index)} vectors, {search_index.changes.summary()}")
     for fact, holds in self_search_facts(search_index, sample=1000).items():

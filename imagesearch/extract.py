@@ -27,6 +27,7 @@ import json
 import os
 import queue
 import threading
+import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from fnmatch import fnmatch
@@ -128,7 +129,7 @@ class Embeddings:
     skipped: list[Skipped] = field(default_factory=list)
     next_id: int = 0  # ids are never reused, so an id names one image content for good
     changes: Changes = field(default_factory=Changes)
-    journal: list[Path] = field(default_factory=list)  # the journal files this run used; deleted once saved
+    journal: list[Path] = field(default_factory=list)  # the journal files a save deletes (see _Journal.files)
 
     def __post_init__(self) -> None:
         if not isinstance(self.store, VectorStore):
@@ -173,8 +174,21 @@ def extract_embeddings(
     vectors from there, so memory does not grow with the collection; a run
     that is interrupted (Ctrl-C, a killed kernel) resumes where it stopped,
     and `save_embeddings` deletes the journal once the result is saved.
+    The folder's lock is held meanwhile, so a second run into it is refused.
     Without it, the new vectors are kept in memory.
     """
+    with exclusive(checkpoint_dir) if checkpoint_dir else contextlib.nullcontext():
+        return _extract_embeddings(image_root, embedder, batch_size, progress, previous, checkpoint_dir)
+
+
+def _extract_embeddings(
+    image_root: str | os.PathLike,
+    embedder: Embedder,
+    batch_size: int,
+    progress: bool,
+    previous: Embeddings | None,
+    checkpoint_dir: str | os.PathLike | None,
+) -> Embeddings:
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if previous is not None and not previous.embedder.compatible_with(embedder.info):
@@ -291,13 +305,17 @@ class _Journal:
     def __init__(self, folder: Path | None, embedder: EmbedderInfo):
         self.folder, self.embedder = folder, embedder
         self._entries: dict[tuple[str, int, int], tuple[str, tuple[Source, int]]] = {}
-        # What a save of this run deletes: the journal as it was (another embedder's batches, what a killed
-        # write left) and the batches this run writes; not what a concurrent run adds meanwhile.
+        # What a save of this run deletes: everything the journal held when the run began (earlier runs'
+        # batches, another embedder's, what a killed write left) and the batches this run writes.
         self.files: list[Path] = sorted(folder.iterdir()) if folder and folder.is_dir() else []
         for path in [path for path in self.files if fnmatch(path.name, f"batch.*{JOURNAL_SUFFIX}")]:
-            with np.load(path) as batch:  # reads only the metadata; vectors are read when they are used
-                meta = json.loads(batch["meta"].item())
-            if EmbedderInfo.from_dict(meta["embedder"]).compatible_with(embedder):
+            try:
+                with np.load(path) as batch:  # reads only the metadata; vectors are read when they are used
+                    meta = json.loads(batch["meta"].item())
+                journaled_by = EmbedderInfo.from_dict(meta["embedder"])
+            except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile):
+                continue  # damaged (a disk error, a hand edit): only a cache, so it is skipped and deleted at save
+            if journaled_by.compatible_with(embedder):
                 source = FileSource(path, key="vectors")
                 for row, (name, size, mtime_ns, digest) in enumerate(meta["files"]):
                     self._entries[name, size, mtime_ns] = (digest, (source, row))
@@ -486,11 +504,15 @@ def _save_embeddings(embeddings: Embeddings, directory: Path) -> list[Path]:
 
 
 def _delete_journal(files: list[Path]) -> None:
-    """Delete a saved run's journal files, then their folder if nothing else is left in it."""
+    """Delete a saved run's journal files, then their folder if nothing else is left in it.
+
+    The save has committed by now: what cannot be deleted is left for the next save.
+    """
     for path in files:
-        path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # e.g. a folder someone put there
+            path.unlink(missing_ok=True)
     for folder in {path.parent for path in files}:
-        with contextlib.suppress(OSError):  # not empty: another run is journaling there
+        with contextlib.suppress(OSError):  # not empty
             folder.rmdir()
 
 
@@ -554,7 +576,8 @@ def load_embeddings(directory: str | os.PathLike) -> Embeddings:
         )
     records = [ImageRecord(*item[:5]) for item in items]
     store = VectorStore(sources, locations, embedder.dim)
-    return Embeddings(store, records, embedder, manifest["image_root"], read_skipped(directory), manifest["next_id"])
+    skipped = [Skipped(path, reason) for path, reason in manifest["skipped"]]
+    return Embeddings(store, records, embedder, manifest["image_root"], skipped, manifest["next_id"])
 
 
 def load_previous_embeddings(directory: str | os.PathLike) -> Embeddings | None:

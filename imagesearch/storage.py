@@ -50,17 +50,19 @@ class ArtifactError(RuntimeError):
 
 
 class FolderBusyError(ArtifactError):
-    """Another process is saving into the same folder right now."""
+    """Another run (a process, or another call in this one) is extracting or saving into the same folder."""
 
 
 @contextmanager
 def exclusive(directory: str | os.PathLike) -> Iterator[None]:
-    """Hold `directory`'s save lock for the block, or raise `FolderBusyError` at once if another process holds it.
+    """Hold `directory`'s lock for the block, or raise `FolderBusyError` at once if another run holds it.
 
-    Two saves interleaved in one folder could each delete the other's new
-    files after the other's commit. The lock is `flock` on a `.lock` file: the
-    system releases it when its holder ends, so a killed save never leaves the
-    folder locked. (Where there is no `flock`, on Windows, saves are not locked.)
+    Extractions and saves into a folder hold it: two saves interleaved could
+    each delete the other's new files after the other's commit, and a save
+    deletes the journal an extraction into the same folder is writing. The
+    lock is `flock` on a `.lock` file, which the system releases when its
+    holder ends, so a killed run never leaves the folder locked. (Where there
+    is no `flock`, on Windows, nothing is locked.)
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -74,8 +76,8 @@ def exclusive(directory: str | os.PathLike) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise FolderBusyError(
-                f"another process is saving into {directory} right now; run one update of a folder at a time "
-                "(an interrupted extraction resumes from its journal when run again)"
+                f"another run is updating {directory} right now (an extraction or a save); "
+                "wait for it to finish, then run this again"
             ) from None
         try:
             yield

@@ -55,9 +55,14 @@ class FileSource:
             with np.load(self.path) as archive:
                 return archive[self.key]
         except FileNotFoundError:
+            if self.key is not None:  # a journal batch of a run that was not saved
+                raise ArtifactError(
+                    f"{self.path} is gone: another run saved into this folder and deleted the journal these "
+                    "embeddings read from; extract again"
+                ) from None
             raise ArtifactError(
-                f"{self.path} is gone: the folder was saved over or cleaned up since these embeddings were "
-                "made or loaded; load them again"
+                f"{self.path} is gone: the folder was saved over since these embeddings were loaded; "
+                "load them again, or run the step again"
             ) from None
 
 

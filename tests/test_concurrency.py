@@ -1,4 +1,4 @@
-"""Two processes and one artifacts folder: saves take the folder's lock, and a run cleans up only its own journal."""
+"""Two runs and one artifacts folder: extractions and saves take the folder's lock; a save keeps later journals."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def release(child: subprocess.Popen) -> None:
     assert child.returncode == 0
 
 
-def test_a_save_into_a_folder_another_process_is_saving_into_is_refused_and_changes_nothing(
+def test_a_save_into_a_folder_another_run_is_updating_is_refused_and_changes_nothing(
     tmp_path, make_embeddings, lock_holder
 ):
     rng = np.random.default_rng(0)
@@ -62,9 +62,9 @@ def test_a_save_into_a_folder_another_process_is_saving_into_is_refused_and_chan
     before = {path.name: path.read_bytes() for path in (tmp_path / "embeddings").iterdir()}
 
     holders = [lock_holder(tmp_path / "embeddings"), lock_holder(tmp_path / "index")]
-    with pytest.raises(FolderBusyError, match="another process is saving into"):
+    with pytest.raises(FolderBusyError, match="another run is updating"):
         save_embeddings(dataclasses.replace(second), tmp_path / "embeddings")
-    with pytest.raises(FolderBusyError, match="another process is saving into"):
+    with pytest.raises(FolderBusyError, match="another run is updating"):
         save_index(build_index(second), tmp_path / "index")
     assert {path.name: path.read_bytes() for path in (tmp_path / "embeddings").iterdir()} == before
 
@@ -93,23 +93,47 @@ def test_a_save_deletes_its_own_journal_but_not_batches_another_run_adds_meanwhi
     assert load_embeddings(folder).paths == ["img_0.jpg", "img_1.jpg", "img_2.jpg"]
 
 
-def test_the_cli_says_the_folder_is_busy_and_a_rerun_resumes_from_the_journal(
-    tmp_path, make_image, repo_root, lock_holder
+def test_an_extraction_into_a_folder_another_run_is_updating_is_refused_before_any_work(
+    tmp_path, make_image, counting_embedder, lock_holder
 ):
+    make_image(tmp_path / "images" / "one.jpg")
+    folder = tmp_path / "embeddings"
+    holder = lock_holder(folder)
+    with pytest.raises(FolderBusyError, match="another run is updating"):
+        extract_embeddings(tmp_path / "images", counting_embedder, progress=False, checkpoint_dir=folder)
+    assert counting_embedder.images_embedded == 0
+    assert not (folder / JOURNAL_DIR).exists()
+    release(holder)
+    result = extract_embeddings(tmp_path / "images", counting_embedder, progress=False, checkpoint_dir=folder)
+    assert result.paths == ["one.jpg"]
+
+
+def test_a_damaged_journal_file_is_skipped_and_deleted_by_the_next_save(tmp_path, make_image, random_resnet):
+    make_image(tmp_path / "images" / "one.jpg")
+    folder = tmp_path / "embeddings"
+    (folder / JOURNAL_DIR).mkdir(parents=True)
+    (folder / JOURNAL_DIR / "batch.0123456789ab.npz").write_bytes(b"PK\x03\x04 not really a zip")
+    result = extract_embeddings(tmp_path / "images", random_resnet, progress=False, checkpoint_dir=folder)
+    assert result.changes.summary().startswith("1 added")
+    save_embeddings(result, folder)
+    assert not (folder / JOURNAL_DIR).exists()
+
+
+def test_the_cli_says_the_folder_is_busy_and_runs_once_it_is_free(tmp_path, make_image, repo_root, lock_holder):
     for number in range(5):
         make_image(tmp_path / "images" / f"img_{number}.jpg")
     command = [
-        sys.executable, "-m", "imagesearch", "extract", "--weights", "random", "--images", str(tmp_path / "images"),
+        sys.executable, "-m", "imagesearch", "build", "--weights", "random", "--images", str(tmp_path / "images"),
         "--artifacts", str(tmp_path / "artifacts"), "--batch-size", "2",
     ]
     holder = lock_holder(tmp_path / "artifacts" / "embeddings")
     busy = subprocess.run(command, cwd=repo_root, capture_output=True, text=True, timeout=300, check=False)
     assert busy.returncode == 2, busy.stderr
-    assert "error: another process is saving into" in busy.stderr
-    assert len(list((tmp_path / "artifacts" / "embeddings" / JOURNAL_DIR).glob("batch.*"))) == 3
+    assert "error: another run is updating" in busy.stderr
+    assert not (tmp_path / "artifacts" / "embeddings" / "manifest.json").exists()
 
     release(holder)
     rerun = subprocess.run(command, cwd=repo_root, capture_output=True, text=True, timeout=300, check=False)
     assert rerun.returncode == 0, rerun.stderr
-    assert "5 vectors resumed from an interrupted run" in rerun.stdout
-    assert not (tmp_path / "artifacts" / "embeddings" / JOURNAL_DIR).exists()
+    assert "this run: 5 added" in rerun.stdout
+    assert load_index(tmp_path / "artifacts" / "index").paths == [f"img_{number}.jpg" for number in range(5)]
