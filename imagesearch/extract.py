@@ -171,11 +171,11 @@ def extract_embeddings(
     result's `changes` says what was added, changed, removed, renamed and kept.
     With `checkpoint_dir` (normally the embeddings folder), every embedded
     batch is journaled there as it completes, and the result reads its
-    vectors from there, so memory does not grow with the collection; a run
-    that is interrupted (Ctrl-C, a killed kernel) resumes where it stopped,
-    and `save_embeddings` deletes the journal once the result is saved.
-    The folder's lock is held meanwhile, so a second run into it is refused.
-    Without it, the new vectors are kept in memory.
+    vectors from there, so they are never all in memory; a run that is
+    interrupted (Ctrl-C, a killed kernel) resumes where it stopped, and
+    `save_embeddings` deletes the journal once the result is saved. The
+    folder's lock is held while this runs, so another run into it is refused.
+    Without `checkpoint_dir`, the new vectors are kept in memory.
     """
     with exclusive(checkpoint_dir) if checkpoint_dir else contextlib.nullcontext():
         return _extract_embeddings(image_root, embedder, batch_size, progress, previous, checkpoint_dir)
