@@ -130,8 +130,8 @@ def _faiss_threads(count: int | None) -> Iterator[None]:
 
     One query is searched on one thread: a single exact search streams the
     whole index through memory once, and splitting it between threads made it
-    about twice as slow here (26 against 56 to 59 ms at 100,000 vectors,
-    measured by `benchmarks/query_latency.py`). Batches keep one thread per core. The
+    about twice as slow here (26 against 56 ms at 100,000 vectors, measured
+    by `benchmarks/query_latency.py`). Batches keep one thread per core. The
     setting is OpenMP's per-thread one, so concurrent searches from other
     threads (a web service's workers, say) are not affected, and it is
     restored on the way out.
