@@ -5,7 +5,7 @@ metadata) writes each data file under a fresh name first, then writes the
 metadata file that names them, atomically; that rename is the commit. A crash
 before it leaves the previous metadata pointing at the previous data files,
 which are only deleted after the commit. So saved state is always either the
-old or the new, never a mix.
+old or the new, never a mix. One run at a time updates a folder (`exclusive`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ os.umask(_UMASK)
 #: Every temporary file starts with this, so that the next save can remove what a killed one left.
 TEMPORARY_PREFIX = ".tmp-"
 
-#: The file whose lock a save holds, so that one process at a time saves into a folder.
+#: The file whose lock extractions and saves hold, so that one run at a time updates a folder.
 LOCK_FILE = ".lock"
 
 #: Bumped whenever the layout of saved embeddings or indexes changes. Format 3 keeps embeddings in
