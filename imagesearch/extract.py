@@ -448,7 +448,7 @@ def save_embeddings(embeddings: Embeddings, directory: str | os.PathLike) -> lis
 def _save_embeddings(embeddings: Embeddings, directory: Path) -> list[Path]:
     store = embeddings.store
     kept = _shards_to_keep(store, directory)
-    keep_row = np.isin(store.locations[:, 0], [number for number, _ in kept])
+    keep_row = np.isin(store.locations[:, 0], [number for number, _, _ in kept])
     to_write = np.flatnonzero(~keep_row)
     written = []
     for start in range(0, len(to_write), SHARD_ROWS):
@@ -459,12 +459,12 @@ def _save_embeddings(embeddings: Embeddings, directory: Path) -> list[Path]:
         written.append((FileSource(path), rows))
 
     # The saved layout: kept shards first, then the new ones; every row's (shard, row) in it.
-    shards = [(source, shard_shape(source.path)[0][0]) for _, source in kept]
+    shards = [(source, rows) for _, source, rows in kept]
     shards += [(source, len(rows)) for source, rows in written]
     places: list[tuple[FileSource, int] | None] = [None] * len(store)
-    for _, source in kept:
-        for row in store.rows_in(source):
-            places[row] = (source, int(store.locations[row, 1]))
+    for row in np.flatnonzero(keep_row):
+        number, row_in_shard = store.locations[row]
+        places[row] = (store.sources[number], int(row_in_shard))
     for source, rows in written:
         for position, row in enumerate(rows):
             places[row] = (source, position)
@@ -516,8 +516,9 @@ def _delete_journal(files: list[Path]) -> None:
             folder.rmdir()
 
 
-def _shards_to_keep(store: VectorStore, directory: Path) -> list[tuple[int, FileSource]]:
-    """The saved shards of `directory` that `store` reads from and a save can keep as they are.
+def _shards_to_keep(store: VectorStore, directory: Path) -> list[tuple[int, FileSource, int]]:
+    """The saved shards of `directory` that `store` reads from and a save can keep as they are,
+    as (source number in `store`, shard, its row count).
 
     A shard is rewritten instead when under COMPACT_BELOW of its rows are
     still used, and small shards are merged once there are too many of them.
@@ -537,7 +538,7 @@ def _shards_to_keep(store: VectorStore, directory: Path) -> list[tuple[int, File
                 candidates.append((number, source, rows))
     small = [number for number, _, rows in candidates if rows < SHARD_ROWS // 4]
     merge = set(small) if len(small) > MAX_SMALL_SHARDS else set()
-    return [(number, source) for number, source, _ in candidates if number not in merge]
+    return [candidate for candidate in candidates if candidate[0] not in merge]
 
 
 def load_embeddings(directory: str | os.PathLike) -> Embeddings:

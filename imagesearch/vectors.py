@@ -110,10 +110,6 @@ class VectorStore:
     def __len__(self) -> int:
         return len(self.locations)
 
-    @property
-    def shape(self) -> tuple[int, int]:
-        return len(self), self.dim
-
     def take(self, rows: Sequence[int] | np.ndarray) -> np.ndarray:
         """The vectors of `rows`, in that order, as a new (len(rows), dim) array."""
         rows = np.asarray(rows, dtype=np.int64)
@@ -138,13 +134,6 @@ class VectorStore:
     def subset(self, rows: Sequence[int] | np.ndarray) -> VectorStore:
         """A store of only `rows`, in that order, over the same sources (nothing is read)."""
         return VectorStore(self.sources, self.locations[np.asarray(rows, dtype=np.int64)], self.dim)
-
-    def rows_in(self, source: Source) -> np.ndarray:
-        """The rows of this store whose vectors are in `source`."""
-        for number, candidate in enumerate(self.sources):
-            if candidate is source:
-                return np.flatnonzero(self.locations[:, 0] == number)
-        return np.zeros(0, dtype=np.int64)
 
 
 def write_shard(path: str | os.PathLike, store: VectorStore, rows: np.ndarray) -> None:
