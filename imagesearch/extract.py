@@ -28,6 +28,7 @@ import os
 import queue
 import threading
 import zipfile
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from fnmatch import fnmatch
@@ -39,7 +40,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .embedders import Embedder, EmbedderInfo
-from .images import ImageLoadError, list_images, load_image
+from .images import ImageLoadError, describe_ignored, load_image, scan_folder, unreadable_reason
 from .storage import (
     FORMAT_VERSION,
     ArtifactError,
@@ -89,7 +90,12 @@ class Skipped:
 
 @dataclass(frozen=True)
 class Changes:
-    """What an extraction did, by path: embedded anew, re-embedded, dropped, kept, or skipped."""
+    """What an extraction did, by path: embedded anew, re-embedded, dropped, kept, or skipped.
+
+    Every file under the image folder is in exactly one of: the images (added,
+    changed, renamed, unchanged), `skipped` (not readable as an image, with a
+    reason), or `ignored` (not considered: see `images.FolderScan`).
+    """
 
     added: list[str] = field(default_factory=list)
     changed: list[str] = field(default_factory=list)
@@ -98,6 +104,9 @@ class Changes:
     unchanged: int = 0
     skipped: int = 0
     resumed: int = 0  # of the added and changed: vectors taken from an interrupted run's journal
+    ignored: Counter = field(default_factory=Counter)  # (why, ending) -> files, as `FolderScan.ignored`
+    noted: int = 0  # of the embedded: images that decoded while Pillow or libtiff warned (a corrupt EXIF block)
+    note_example: str = ""  # the first such warning, "path: what was said"
 
     @property
     def embedded(self) -> int:
@@ -110,6 +119,17 @@ class Changes:
             f"{len(self.added)} added, {len(self.changed)} changed, {len(self.removed)} removed, "
             f"{len(self.renamed)} renamed, {self.unchanged} unchanged, {self.skipped} skipped{resumed}"
         )
+
+    def ignored_summary(self) -> str:
+        """What the run did not consider, e.g. "2 others ignored: 2 not images by their extension (.md, .py)"."""
+        return describe_ignored(self.ignored)
+
+    def notes_summary(self) -> str:
+        """How many embedded images came with a decoder's warning, and the first, or '' where none did."""
+        if not self.noted:
+            return ""
+        images = "image" if self.noted == 1 else "images"
+        return f"{self.noted} {images} decoded despite a warning and were embedded, e.g. {self.note_example}"
 
 
 @dataclass
@@ -203,7 +223,8 @@ def _extract_embeddings(
     next_id = previous.next_id if previous else 0
     journal = _Journal(Path(checkpoint_dir) / JOURNAL_DIR if checkpoint_dir else None, embedder.info)
 
-    paths = list_images(root)
+    scan = scan_folder(root)
+    paths = scan.images
     kept: dict[str, ImageRecord] = {}  # path -> record whose vector is reused
     to_check: dict[str, os.stat_result] = {}
     skipped: list[Skipped] = []
@@ -211,7 +232,7 @@ def _extract_embeddings(
         try:
             stat = (root / path).stat()
         except OSError as error:  # a dangling symlink, a file that vanished
-            skipped.append(Skipped(path, f"{type(error).__name__}: {error.strerror or error}"))
+            skipped.append(Skipped(path, unreadable_reason(root / path, error)))
             continue
         record = old.get(path)
         if record and (record.size, record.mtime_ns) == (stat.st_size, stat.st_mtime_ns):
@@ -256,16 +277,24 @@ def _extract_embeddings(
                 resumed += 1
             del to_check[path]
 
-    bar = tqdm(total=len(to_check), unit="img", desc="Embedding", disable=not progress)
+    if progress and not to_check:  # an empty 0/0 bar would look like a failure: say what happened instead
+        resumed_note = f", {resumed} resumed from an interrupted run" if resumed else ""
+        print(f"Nothing new to embed: {len(kept)} images unchanged since the last run{resumed_note}.")
+    noted, note_example = 0, ""
+    bar = tqdm(total=len(to_check), unit="img", desc="Embedding", disable=not progress or not to_check)
     with bar:
         batches = _read_batches(root, list(to_check), embedder.info, batch_size)
         for batch in _prefetched(batches, depth=2):
             skipped.extend(batch.skipped)
-            to_embed = [(path, pixels) for path, stat, digest, pixels in batch.files if place(path, stat, digest)]
+            to_embed = [(path, pixels) for path, stat, digest, pixels, _ in batch.files if place(path, stat, digest)]
             if to_embed:
                 vectors = embedder.embed(np.stack([pixels for _, pixels in to_embed]))
                 source = journal.record([new_records[path] for path, _ in to_embed], vectors)
                 fresh.update((path, (source, row)) for row, (path, _) in enumerate(to_embed))
+            for path, *_, notes in batch.files:
+                if notes:
+                    noted += 1
+                    note_example = note_example or f"{path}: {notes[0]}"
             bar.update(len(batch.files) + len(batch.skipped))
 
     # A file that was embedded before and cannot be read now keeps its earlier
@@ -290,7 +319,9 @@ def _extract_embeddings(
     removed = [path for path in old if path not in kept and path not in new_records and path not in renamed_from]
     skipped.sort(key=lambda skip: skip.path)
     unchanged = len(items) - resumed_or_embedded - len(renamed)
-    changes = Changes(added, changed, removed, renamed, unchanged, len(skipped), resumed)
+    changes = Changes(
+        added, changed, removed, renamed, unchanged, len(skipped), resumed, scan.ignored, noted, note_example
+    )
     return Embeddings(store, items, embedder.info, str(root), skipped, next_id, changes, journal.files)
 
 
@@ -385,23 +416,32 @@ def _prefetched(items: Iterator[T], depth: int) -> Iterator[T]:
 
 @dataclass
 class _Batch:
-    files: list[tuple[str, os.stat_result, str, np.ndarray]]  # path, stat, sha256, pixels
+    files: list[tuple[str, os.stat_result, str, np.ndarray, list[str]]]  # path, stat, sha256, pixels, decoder notes
     skipped: list[Skipped]
 
 
 def _read_batches(root: Path, paths: Sequence[str], info: EmbedderInfo, batch_size: int) -> Iterator[_Batch]:
-    """Read, hash and decode files; yield them in batches of up to `batch_size` decodable images."""
+    """Read, hash and decode files; yield them in batches of up to `batch_size` decodable images.
+
+    Whatever goes wrong with one file (an exception of any class) skips that
+    file with the reason; only an interrupt (KeyboardInterrupt, not an
+    `Exception`) stops the run, and the journal keeps what was embedded.
+    """
     batch = _Batch([], [])
     for path in paths:
+        notes: list[str] = []
         try:
-            stat, digest, pixels = _read_image(root / path, info.input_size)
+            stat, digest, pixels = _read_image(root / path, info.input_size, notes)
         except ImageLoadError as error:
             batch.skipped.append(Skipped(path, error.reason))
             continue
         except OSError as error:  # unreadable, vanished, a dangling symlink
-            batch.skipped.append(Skipped(path, f"{type(error).__name__}: {error.strerror or error}"))
+            batch.skipped.append(Skipped(path, unreadable_reason(root / path, error)))
             continue
-        batch.files.append((path, stat, digest, pixels))
+        except Exception as error:  # noqa: BLE001 - one file's problem, whatever its class, never stops the run
+            batch.skipped.append(Skipped(path, f"cannot be read ({type(error).__name__}: {error})"))
+            continue
+        batch.files.append((path, stat, digest, pixels, notes))
         if len(batch.files) == batch_size:
             yield batch
             batch = _Batch([], [])
@@ -414,15 +454,18 @@ def _read_batches(root: Path, paths: Sequence[str], info: EmbedderInfo, batch_si
 READ_WHOLE_LIMIT = 32 * 1024 * 1024
 
 
-def _read_image(path: Path, size: tuple[int, int]) -> tuple[os.stat_result, str, np.ndarray]:
-    """Return a file's stat, SHA-256 and decoded pixels; raise ImageLoadError or OSError if it can't be read."""
+def _read_image(path: Path, size: tuple[int, int], notes: list[str]) -> tuple[os.stat_result, str, np.ndarray]:
+    """Return a file's stat, SHA-256 and decoded pixels; raise ImageLoadError or OSError if it can't be read.
+
+    What the decoder says about an image that decodes goes to `notes`.
+    """
     stat = path.stat()
     if not S_ISREG(stat.st_mode):  # a pipe or a device would block or never end
         raise ImageLoadError(str(path), "not a regular file")
     if stat.st_size <= READ_WHOLE_LIMIT:
         data = path.read_bytes()
-        return stat, hashlib.sha256(data).hexdigest(), load_image(data, size)
-    pixels = load_image(path, size)
+        return stat, hashlib.sha256(data).hexdigest(), load_image(data, size, notes)
+    pixels = load_image(path, size, notes)
     digest = hashlib.sha256()
     with open(path, "rb") as file:
         for chunk in iter(lambda: file.read(1024 * 1024), b""):

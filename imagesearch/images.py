@@ -2,7 +2,9 @@
 
 Everything that touches an image file goes through `open_rgb`, so that EXIF
 orientation, odd colour modes, truncated files and decompression bombs are
-handled in one place, the same way for extraction, queries and display.
+handled in one place, the same way for extraction, queries and display. A
+file that cannot be decoded, for any reason a decoder may raise, becomes an
+`ImageLoadError` whose reason says what is wrong with it (see `diagnose`).
 """
 
 from __future__ import annotations
@@ -10,23 +12,44 @@ from __future__ import annotations
 import io
 import os
 import warnings
-from collections.abc import Iterator
-from pathlib import Path
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
-#: File name endings treated as images (compared case-insensitively).
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp"}
+from . import diagnose
+from .errors import UserFacingError
+
+#: Formats Pillow identifies but never decodes into pixels: videos, and stubs that need a plugin of their own.
+#: Their files are left out like any other non-image. (WMF/EMF decode on Windows only.)
+IDENTIFIED_ONLY = frozenset({"MPEG", "BUFR", "GRIB", "HDF5", *(() if os.name == "nt" else ("WMF",))})
+
+#: Image formats people keep photos in that Pillow cannot read by itself: counted apart when left out,
+#: so that a folder of iPhone photos is not reported as "not images".
+UNSUPPORTED_IMAGE_EXTENSIONS = frozenset(
+    {".heic", ".heif", ".hif", ".svg", ".svgz", ".cr2", ".cr3", ".nef", ".arw", ".dng", ".orf", ".rw2", ".raf", ".jxl"}
 )
+
+
+def _readable_extensions() -> frozenset[str]:
+    """Every file name ending that Pillow, as installed here, opens and decodes (".jpg", ".tga", ".dds", …)."""
+    Image.init()
+    readable = set(Image.OPEN) - IDENTIFIED_ONLY
+    readable.add("MPO")  # multi-picture JPEGs: registered for saving; opened by the JPEG plugin
+    return frozenset(ext for ext, name in Image.registered_extensions().items() if name in readable)
+
+
+#: File name endings treated as images (compared case-insensitively): all that Pillow can decode here.
+IMAGE_EXTENSIONS = _readable_extensions() - UNSUPPORTED_IMAGE_EXTENSIONS
 
 #: Anything `open_rgb` accepts: a path, raw bytes (an upload), or a binary file object.
 ImageSource = str | os.PathLike | bytes | BinaryIO
 
 
-class ImageLoadError(ValueError):
+class ImageLoadError(UserFacingError, ValueError):
     """An image could not be decoded; `reason` says why in a few words."""
 
     def __init__(self, source: str, reason: str):
@@ -35,76 +58,192 @@ class ImageLoadError(ValueError):
         self.reason = reason
 
 
-def list_images(root: str | os.PathLike) -> list[str]:
-    """Return the image files under `root`, recursively, as sorted POSIX paths relative to it.
+class DecodeWarning(UserWarning):
+    """An image decoded, but Pillow or libtiff had something to say about it (a corrupt EXIF block, say)."""
 
-    Relative paths keep saved artifacts valid when the collection moves; sorting
-    makes row order, and so every saved file, reproducible.
+
+# --- what a folder holds ---------------------------------------------------------------------
+
+#: Why a file was left out: the first element of each `FolderScan.ignored` key.
+NOT_IMAGES, UNSUPPORTED, HIDDEN, LINKED_FOLDER = "not an image", "unsupported image format", "hidden", "linked folder"
+
+
+@dataclass(frozen=True)
+class FolderScan:
+    """The image files under a folder, and what else it holds, left out and counted by why and by ending.
+
+    `images` are sorted POSIX paths relative to the folder. `ignored` counts
+    (why, ending) pairs: (NOT_IMAGES, ".txt"), (UNSUPPORTED, ".heic"),
+    (HIDDEN, "file") or (HIDDEN, "folder"), (LINKED_FOLDER, "folder"). A hidden
+    or linked folder counts once; nothing inside it is read.
+    """
+
+    images: list[str]
+    ignored: Counter = field(default_factory=Counter)
+
+    def summary(self) -> str:
+        """E.g. "112 image files; 2 others ignored: 2 not images by their extension (.md, .py)"."""
+        return f"{len(self.images)} image files; {describe_ignored(self.ignored)}"
+
+
+def describe_ignored(ignored: Counter, examples: int = 4) -> str:
+    """One line on what a scan left out, e.g. "3 others ignored: 2 not images by their extension (.txt), 1 hidden"."""
+    total = sum(ignored.values())
+    if not total:
+        return "nothing else ignored"
+    phrases = {
+        NOT_IMAGES: ("not an image by its extension", "not images by their extension"),
+        UNSUPPORTED: ("in an image format Pillow cannot read", "in image formats Pillow cannot read"),
+        HIDDEN: ("hidden", "hidden"),
+        LINKED_FOLDER: ("link to a folder, not followed", "links to folders, not followed"),
+    }
+    parts = []
+    for why, (one, many) in phrases.items():
+        endings = Counter({ending: count for (reason, ending), count in ignored.items() if reason == why})
+        if count := sum(endings.values()):
+            common = endings.most_common(examples)
+            if why == HIDDEN:  # "file" and "folder": how many of each
+                shown = " (" + ", ".join(f"{n} {kind}{'' if n == 1 else 's'}" for kind, n in sorted(common)) + ")"
+            elif why == LINKED_FOLDER:
+                shown = ""
+            else:
+                shown = f" ({', '.join(ending for ending, _ in common)}{', …' if len(endings) > examples else ''})"
+            parts.append(f"{count} {one if count == 1 else many}{shown}")
+    return f"{total} {'other' if total == 1 else 'others'} ignored: {', '.join(parts)}"
+
+
+def scan_folder(root: str | os.PathLike) -> FolderScan:
+    """Find the image files under `root`, recursively, and count everything left out, by why.
+
+    Paths are relative to `root` (so saved artifacts survive moving the
+    folder) and sorted (so every saved file is reproducible). A file is an
+    image by its extension, case-insensitively: any that Pillow decodes here
+    (`IMAGE_EXTENSIONS`). Its content decides later whether it really is one.
     """
     root = Path(root)
     if not root.is_dir():
         problem = "is a file, not a folder" if root.exists() else "does not exist"
         raise FileNotFoundError(f"image folder {root} {problem}; pass the folder that holds your images")
-    found = [
-        path.relative_to(root).as_posix()
-        for path in _walk_files(root)
-        if path.suffix.lower() in IMAGE_EXTENSIONS
-    ]
-    return sorted(found)
-
-
-def _walk_files(root: Path) -> Iterator[Path]:
-    # os.walk without followlinks cannot loop on a symlinked folder; hidden
-    # folders (.git, .ipynb_checkpoints) are not part of a collection.
+    images: list[str] = []
+    ignored: Counter = Counter()
     for folder, subfolders, files in os.walk(root):
+        # os.walk lists a link to a folder among the folders but, without followlinks, never enters it:
+        # a link to a parent cannot loop. Hidden folders (.git, .ipynb_checkpoints) are no part of a collection.
+        for name in subfolders:
+            if name.startswith("."):
+                ignored[HIDDEN, "folder"] += 1
+            elif os.path.islink(os.path.join(folder, name)):
+                ignored[LINKED_FOLDER, "folder"] += 1
         subfolders[:] = [name for name in subfolders if not name.startswith(".")]
+        relative = PurePosixPath(Path(folder).relative_to(root).as_posix())
         for name in files:
-            if not name.startswith("."):
-                yield Path(folder, name)
+            ending = os.path.splitext(name)[1].lower()
+            if name.startswith("."):
+                ignored[HIDDEN, "file"] += 1
+            elif ending in IMAGE_EXTENSIONS:
+                images.append(str(relative / name) if relative.parts else name)
+            else:
+                ignored[UNSUPPORTED if ending in UNSUPPORTED_IMAGE_EXTENSIONS else NOT_IMAGES, ending or "(none)"] += 1
+    return FolderScan(sorted(images), ignored)
 
 
-def open_rgb(source: ImageSource, min_size: tuple[int, int] | None = None) -> Image.Image:
-    """Decode `source` into an upright 8-bit RGB Pillow image, or raise `ImageLoadError`.
+def list_images(root: str | os.PathLike) -> list[str]:
+    """Return the image files under `root`, recursively, as sorted POSIX paths relative to it (see `scan_folder`)."""
+    return scan_folder(root).images
+
+
+# --- decoding one image ----------------------------------------------------------------------
+
+
+def open_rgb(
+    source: ImageSource, min_size: tuple[int, int] | None = None, notes: list[str] | None = None
+) -> Image.Image:
+    """Decode `source` into an upright 8-bit RGB Pillow image, or raise `ImageLoadError` saying why not.
 
     Applies the EXIF orientation, reads the first frame of animations and
     multi-page files, flattens transparency onto white and converts grayscale,
     palette, CMYK and 16-bit images to RGB. With `min_size`, JPEGs are decoded
     at a reduced scale that is still at least that large (fast, and memory
-    stays small for huge photos). Images beyond Pillow's pixel limit are
-    refused rather than decoded (decompression bombs).
+    stays small for huge photos). Images beyond Pillow's pixel limit
+    (`Image.MAX_IMAGE_PIXELS`) are refused before decoding: decompression bombs.
+
+    Whatever Pillow and libtiff say while decoding an image that does decode
+    (a corrupt EXIF block, an unknown TIFF tag) is added to `notes` where it
+    is given, and issued as one `DecodeWarning` per message where it is not.
     """
     name = _describe(source)
-    if isinstance(source, bytes):
-        source = io.BytesIO(source)
-    elif isinstance(source, (str, os.PathLike)) and os.path.exists(source) and not os.path.isfile(source):
-        raise ImageLoadError(name, "not a regular file")  # a pipe would block, a folder is no image
+    opened = None
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(source) as image:
-                if min_size is not None:
-                    image.draft("RGB", min_size)
-                image = ImageOps.exif_transpose(image)
-                image.load()
-                return _to_rgb(image)
-    except FileNotFoundError as error:
-        raise ImageLoadError(name, "file not found") from error
-    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as error:
-        raise ImageLoadError(name, f"too many pixels ({error})") from error
-    except UnidentifiedImageError as error:
-        raise ImageLoadError(name, "not an image file Pillow can read") from error
-    except (OSError, SyntaxError, ValueError, EOFError) as error:
-        # Truncated data, broken headers and unsupported modes end up here.
-        raise ImageLoadError(name, f"{type(error).__name__}: {error}") from error
+        if isinstance(source, (bytes, bytearray)):
+            source = io.BytesIO(source)
+        elif isinstance(source, (str, os.PathLike)):
+            if os.path.exists(source) and not os.path.isfile(source):
+                raise ImageLoadError(name, "not a regular file")  # a pipe would block, a folder is no image
+            source = opened = open(source, "rb")
+    except OSError as error:  # missing, a dangling link, permissions, an I/O error
+        raise ImageLoadError(name, unreadable_reason(source, error)) from error
+    try:
+        with diagnose.collecting() as said:
+            try:
+                image = _decode(name, source, min_size, said)
+            except ImageLoadError:
+                raise
+            except Exception as error:  # any decoder may raise anything: a problem of this file, never of the run
+                raise ImageLoadError(name, diagnose.reason(error, said, _first_bytes(source))) from error
+    finally:
+        if opened is not None:
+            opened.close()
+    if notes is not None:
+        notes.extend(said)
+    else:
+        for message in dict.fromkeys(said):
+            warnings.warn(f"{name}: {message}", DecodeWarning, stacklevel=2)
+    return image
 
 
-def load_image(source: ImageSource, size: tuple[int, int] = (224, 224)) -> np.ndarray:
+def unreadable_reason(path: str | os.PathLike, error: OSError) -> str:
+    """Why the file at `path` could not even be read, from the error that reading it raised."""
+    if os.path.islink(path) and not os.path.exists(path):
+        return f"a link to {os.readlink(path)}, which does not exist"
+    if isinstance(error, FileNotFoundError):
+        return "file not found"
+    return f"cannot be read: {error.strerror or error}"
+
+
+def _decode(name: str, source: BinaryIO, min_size: tuple[int, int] | None, said: list[str]) -> Image.Image:
+    with Image.open(source) as image:
+        limit = Image.MAX_IMAGE_PIXELS
+        if limit and image.width * image.height > limit:  # one limit, one message, whatever Pillow warned
+            raise ImageLoadError(name, diagnose.too_many_pixels(image.width * image.height))
+        if min_size is not None:
+            image.draft("RGB", min_size)
+        image.load()  # decode first: a decoding error must not pass for a problem with the orientation below
+        try:
+            upright = ImageOps.exif_transpose(image)
+        except Exception as error:  # noqa: BLE001 - a broken EXIF block costs the orientation, not the image
+            said.append(f"EXIF orientation unreadable, image used as stored ({type(error).__name__}: {error})")
+            upright = image
+        return _to_rgb(upright)
+
+
+def _first_bytes(source: BinaryIO) -> bytes:
+    try:
+        source.seek(0)
+        return source.read(diagnose.PREFIX_BYTES)
+    except (OSError, ValueError):
+        return b""
+
+
+def load_image(
+    source: ImageSource, size: tuple[int, int] = (224, 224), notes: list[str] | None = None
+) -> np.ndarray:
     """Return `source` as a `(height, width, 3)` uint8 array resized to `size` (width, height).
 
     A plain bilinear resize to the square the backbone expects; the aspect
     ratio is not kept, matching how ImageNet backbones are usually fed.
+    `notes` collects what the decoder said about the file (see `open_rgb`).
     """
-    image = open_rgb(source, min_size=size)
+    image = open_rgb(source, min_size=size, notes=notes)
     resized = image.resize(size, Image.Resampling.BILINEAR)
     return np.asarray(resized, dtype=np.uint8)
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from .embedders import Embedder
+from .errors import UserFacingError
 from .images import ImageSource, load_image
 from .index import Hit, SearchIndex
 
 
-class EmbedderMismatchError(ValueError):
+class EmbedderMismatchError(UserFacingError, ValueError):
     """The query embedder is not the one that built the index; distances would be meaningless."""
 
 

@@ -19,6 +19,8 @@ from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from .errors import UserFacingError
+
 #: Files we write get the permissions the user's umask allows, as `open` would give them.
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -45,7 +47,7 @@ def index_dir(artifacts: str | os.PathLike) -> Path:
     return Path(artifacts) / "index"
 
 
-class ArtifactError(RuntimeError):
+class ArtifactError(UserFacingError, RuntimeError):
     """Saved state is missing, from another format, or inconsistent; the message says how to fix it."""
 
 
