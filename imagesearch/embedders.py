@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import re
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -25,6 +26,9 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+
+from .errors import UserFacingError
+from .runtime import import_tensorflow, quietly
 
 #: The file Keras looks for in its cache before downloading ResNet50's ImageNet weights.
 RESNET50_WEIGHTS_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
@@ -84,16 +88,16 @@ class Embedder(Protocol):
         ...
 
 
-class WeightsUnavailableError(RuntimeError):
+class WeightsUnavailableError(UserFacingError, RuntimeError):
     """The requested pretrained weights could not be loaded (usually: no network)."""
 
 
-class PrecisionUnavailableError(ValueError):
+class PrecisionUnavailableError(UserFacingError, ValueError):
     """bfloat16 was asked for where it cannot run natively (it would be slower, not faster)."""
 
 
 class RandomWeightsWarning(UserWarning):
-    """Embeddings from random weights test the mechanics only; they do not find similar images."""
+    """Embeddings from random weights test the mechanics: they match near-copies of an image, not its meaning."""
 
 
 class ResNet50Embedder:
@@ -111,15 +115,15 @@ class ResNet50Embedder:
     """
 
     def __init__(self, weights: str = "imagenet", seed: int = 0, precision: str = "float32"):
+        tf = import_tensorflow()
         import keras
-        import tensorflow as tf
 
         precision = resolve_precision(precision)  # before the model is built: fail fast
         if weights == "random":
             keras_weights, label = None, f"random(seed={seed})"
             warnings.warn(
-                "ResNet50 uses randomly initialised weights: the embeddings test the "
-                "mechanics only and will not find similar images.",
+                "ResNet50 uses randomly initialised weights, to test the mechanics: its vectors still match "
+                "near-copies of an image (a crop, a mirror image) but not images that show the same thing.",
                 RandomWeightsWarning,
                 stacklevel=3,  # point at the caller of make_embedder, the usual entry
             )
@@ -129,7 +133,7 @@ class ResNet50Embedder:
             keras_weights, label = _local_file(weights), _file_label(weights)
 
         try:
-            with _seeded(seed if weights == "random" else None):
+            with _seeded(seed if weights == "random" else None), _announced_download(weights):
                 self.model = keras.applications.ResNet50(
                     include_top=False, weights=keras_weights, pooling="avg", input_shape=(224, 224, 3)
                 )
@@ -179,8 +183,8 @@ class TFLiteEmbedder:
 
     def __init__(self, model_path: str | os.PathLike, num_threads: int | None = None):
         path = _local_file(model_path)
-        self._interpreter = _tflite_interpreter(path, num_threads or os.cpu_count())
-        self._interpreter.allocate_tensors()
+        self._interpreter = quietly(_tflite_interpreter, path, num_threads or os.cpu_count())
+        quietly(self._interpreter.allocate_tensors)
         (self._input,) = self._interpreter.get_input_details()
         (self._output,) = self._interpreter.get_output_details()
         if self._input["dtype"] != np.uint8:
@@ -361,17 +365,51 @@ def _keras_cache_dir() -> Path:
     return base / "models"
 
 
+@contextmanager
+def _announced_download(weights: str) -> Iterator[None]:
+    """Say, in one line of ours, when ResNet50's ImageNet weights are about to be downloaded, and keep Keras quiet.
+
+    Keras prints "Downloading data from <url>" and a progress bar; offline, that
+    line came just before the failure and read as if a download were under way.
+    """
+    cached = _keras_cache_dir() / RESNET50_WEIGHTS_FILE
+    if weights != "imagenet" or cached.is_file():
+        yield
+        return
+    import keras
+
+    print(f"Downloading ResNet50's ImageNet weights (94 MB), once, into {cached.parent}/ …", flush=True)
+    was_interactive = keras.config.is_interactive_logging_enabled()
+    keras.config.disable_interactive_logging()
+    try:
+        yield
+    finally:
+        if was_interactive:
+            keras.config.enable_interactive_logging()
+
+
 def _imagenet_download_help(error: Exception) -> str:
+    cache = _keras_cache_dir()
     return (
-        f"Could not load ResNet50's ImageNet weights: {error}\n"
-        "Keras downloads them on first use, which fails without network (or when a damaged "
-        "copy sits in its cache). To go on, do one of these:\n"
-        f"  1. copy {RESNET50_WEIGHTS_FILE} (from a machine with network, where Keras "
-        f"cached it) into {_keras_cache_dir()}/ and run again;\n"
-        "  2. pass weights='/path/to/that/file.h5' (IMAGESEARCH_WEIGHTS for the "
-        "notebooks, WEIGHTS= for make);\n"
-        "  3. pass weights='random' to test the mechanics only (results are then meaningless)."
+        f"Could not get ResNet50's ImageNet weights: {_short_cause(error)}. Keras downloads them once, on first "
+        f"use, into {cache}/; without network that fails (so does a damaged copy there). To go on, do one of these:\n"
+        f"  1. copy {RESNET50_WEIGHTS_FILE} from a machine that has it (in ~/.keras/models/) into {cache}/, "
+        "then run again;\n"
+        "  2. use that file where it is: `make demo WEIGHTS=/path/to/file.h5` and `make lab WEIGHTS=/path/to/file.h5`, "
+        "--weights on the command line, weights='/path/to/file.h5' in Python;\n"
+        "  3. test only the mechanics, with vectors that match near-copies but not meaning: "
+        "`make demo WEIGHTS=random`, then `make lab WEIGHTS=random` (--weights random, weights='random').\n"
+        "In a notebook already open, set WEIGHTS in its parameters cell and run it again."
     )
+
+
+def _short_cause(error: Exception) -> str:
+    """The gist of a failed download, e.g. "no network ([Errno -2] Name or service not known)"."""
+    text = str(error)
+    if "URL fetch failure" in text or "URLError" in text or "Errno" in text:
+        detail = re.sub(r"^.*?URL fetch failure on \S+:\s*(None -- )?", "", text)
+        return f"the download failed, no network? ({detail})"
+    return text
 
 
 def _tflite_interpreter(path: Path, num_threads: int):

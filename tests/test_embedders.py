@@ -69,7 +69,7 @@ def test_embed_rejects_a_batch_of_wrong_dtype_or_shape(random_resnet, batch):
 
 
 def test_random_weights_warn_and_differ_by_seed(random_resnet, pixels):
-    with pytest.warns(RandomWeightsWarning, match="will not find similar images"):
+    with pytest.warns(RandomWeightsWarning, match="near-copies of an image .* not images that show the same thing"):
         other = make_embedder("resnet50", "random", seed=1)
     assert other.info.weights == "random(seed=1)"
     assert not np.allclose(other.embed(pixels[:1]), random_resnet.embed(pixels[:1]))
@@ -105,7 +105,13 @@ def test_imagenet_weights_offline_raise_weights_unavailable_instead_of_falling_b
     assert f"into {Path(keras_home()) / 'models'}/" in message
     assert "weights='random'" in message
     assert "weights='/path/to/" in message
+    assert "`make lab WEIGHTS=random`" in message  # the way to open the notebooks offline
+    assert message.startswith("Could not get ResNet50's ImageNet weights: the download failed, no network? "
+                              "([Errno -2] Name or service not known).")
     assert "URL fetch failure" in str(caught.value.__cause__)
+    # In a notebook, IPython shows what _render_traceback_ returns instead of the chained traceback.
+    (shown,) = caught.value._render_traceback_()
+    assert "WeightsUnavailableError" in shown and message in shown and "Traceback" not in shown
 
 
 def test_make_embedder_rejects_an_unknown_backbone():
