@@ -6,7 +6,7 @@ images (list, load) -> embedders + extract (embed) -> index (build, save, load)
 """
 
 from imagesearch.app import SearchApp
-from imagesearch.display import plot_embedding_map, show_images, show_results
+from imagesearch.display import caption, plot_embedding_map, show_images, show_results
 from imagesearch.embedders import (
     Embedder,
     EmbedderInfo,
@@ -18,7 +18,8 @@ from imagesearch.embedders import (
     cpu_supports_bfloat16,
     make_embedder,
 )
-from imagesearch.evaluate import evaluate, group_of, precision_at_k, self_search_facts
+from imagesearch.errors import UserFacingError
+from imagesearch.evaluate import SelfCheck, evaluate, group_of, precision_at_k, self_check
 from imagesearch.extract import (
     Changes,
     Embeddings,
@@ -30,7 +31,15 @@ from imagesearch.extract import (
     read_skipped,
     save_embeddings,
 )
-from imagesearch.images import ImageLoadError, list_images, load_image, load_thumbnail
+from imagesearch.images import (
+    DecodeWarning,
+    FolderScan,
+    ImageLoadError,
+    list_images,
+    load_image,
+    load_thumbnail,
+    scan_folder,
+)
 from imagesearch.index import (
     Hit,
     IndexChanges,
@@ -41,15 +50,18 @@ from imagesearch.index import (
     save_index,
 )
 from imagesearch.query import EmbedderMismatchError, check_compatible, search_image, search_indexed
+from imagesearch.runtime import versions
 from imagesearch.storage import ArtifactError, embeddings_dir, index_dir
 
 __all__ = [
     "ArtifactError",
     "Changes",
+    "DecodeWarning",
     "Embedder",
     "EmbedderInfo",
     "EmbedderMismatchError",
     "Embeddings",
+    "FolderScan",
     "Hit",
     "ImageLoadError",
     "ImageRecord",
@@ -59,10 +71,13 @@ __all__ = [
     "ResNet50Embedder",
     "SearchApp",
     "SearchIndex",
+    "SelfCheck",
     "Skipped",
     "TFLiteEmbedder",
+    "UserFacingError",
     "WeightsUnavailableError",
     "build_index",
+    "caption",
     "check_compatible",
     "cpu_supports_bfloat16",
     "embeddings_dir",
@@ -83,9 +98,11 @@ __all__ = [
     "read_skipped",
     "save_embeddings",
     "save_index",
+    "scan_folder",
     "search_image",
     "search_indexed",
-    "self_search_facts",
+    "self_check",
     "show_images",
     "show_results",
+    "versions",
 ]

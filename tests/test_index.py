@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from imagesearch import index as index_module
-from imagesearch.evaluate import self_search_facts
+from imagesearch.evaluate import self_check
 from imagesearch.images import ImageLoadError
 from imagesearch.index import METADATA_FILE, _faiss_threads, _training_sample, build_index, load_index, save_index
 from imagesearch.query import EmbedderMismatchError, check_compatible, search_image, search_indexed
@@ -52,23 +52,54 @@ def test_build_flat_index_holds_every_vector_with_its_path(flat, embeddings):
 
 
 def test_every_indexed_vector_finds_itself_first(flat):
-    assert self_search_facts(flat) == {
-        "itself first": True, "distance to itself about 0": True, "distances sorted": True,
-    }
+    check = self_check(flat)
+    assert (check.checked, check.finds_itself, check.distance_zero, check.distances_sorted, check.twins) == (
+        50, True, True, True, 0,
+    )
 
 
 @pytest.mark.parametrize("sample", [1, 7, 10_000])
-def test_self_search_facts_on_a_sample_check_the_same_facts(flat, sample):
-    assert all(self_search_facts(flat, sample=sample).values())
+def test_self_check_on_a_sample_checks_the_same_facts(flat, sample):
+    check = self_check(flat, sample=sample)
+    assert check.passed and check.checked == min(sample, 50)
 
 
-def test_self_search_facts_notice_an_image_that_does_not_find_itself_first(make_embeddings, vectors):
+def test_identical_twins_tie_at_distance_zero_and_are_counted_not_failed(make_embeddings, vectors):
     twins = vectors.copy()
     twins[1] = twins[0]  # two images with one vector: only one of them can come first for both
+    twins[[7, 8, 9]] = twins[6]  # and three copies of another
     index = build_index(make_embeddings(twins, [f"img_{row:02d}.jpg" for row in range(len(twins))]))
-    facts = self_search_facts(index, sample=len(twins))
-    assert facts["itself first"] is False
-    assert facts["distance to itself about 0"] and facts["distances sorted"]
+    check = self_check(index, k=2)
+    assert check.passed
+    assert check.twins == 6  # 0 and 1; 6, 7, 8 and 9
+    assert check.lines()[-1] == "6 of the 50 checked images have an identical twin (duplicates in the collection)"
+
+
+def test_very_similar_images_are_not_counted_as_twins(make_embeddings, vectors):
+    close = vectors.copy()
+    close[1] = close[0] + np.float32(1e-3)  # squared distance 1.6e-5: a millionth of the squared norm, yet not equal
+    index = build_index(make_embeddings(close, [f"img_{row:02d}.jpg" for row in range(len(close))]))
+    check = self_check(index)
+    assert check.passed and check.twins == 0
+
+
+def test_self_check_notices_an_image_that_comes_back_second_behind_a_different_one(make_embeddings, vectors):
+    class SwapsTheFirstTwo:  # stands in for an index that answers wrong: the second-nearest first
+        def __init__(self, index):
+            self.index, self.ntotal = index, index.ntotal
+
+        def reconstruct_batch(self, ids):
+            return self.index.reconstruct_batch(ids)
+
+        def search(self, queries, k):
+            distances, ids = self.index.search(queries, k)
+            return distances[:, [1, 0, *range(2, k)]], ids[:, [1, 0, *range(2, k)]]
+
+    index = build_index(make_embeddings(vectors, [f"img_{row:02d}.jpg" for row in range(len(vectors))]))
+    wrong = dataclasses.replace(index, index=SwapsTheFirstTwo(index.index))
+    check = self_check(wrong)
+    assert not check.finds_itself and not check.distances_sorted and not check.passed
+    assert check.lines()[0] == "itself first (or tied with an identical twin): NO"
 
 
 def test_search_returns_k_exact_nearest_sorted_by_distance(flat, vectors):
