@@ -1,25 +1,46 @@
-"""Pictures for the notebooks: image grids, query results with distances, an embedding map."""
+"""Pictures for the notebooks: image grids, query results with distances, an embedding map.
+
+A JupyterLab output area is about 1,000 pixels wide and shrinks a wider
+figure to fit, titles and all: 21 results in one row came out with titles
+5 pixels high. So every grid here is at most MAX_WIDTH_INCHES wide (990
+pixels at matplotlib's 100 dpi) and wraps into rows instead.
+"""
 
 from __future__ import annotations
 
+import io
 import math
 import os
 from collections.abc import Sequence
+from functools import lru_cache
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
+from PIL import Image
 
 from .images import ImageLoadError, ImageSource, load_thumbnail
 from .index import Hit
 
+#: The widest a figure gets, in inches, so that it is shown at full size in a notebook: 990 pixels at 100 dpi.
+MAX_WIDTH_INCHES = 9.9
+#: Images per row of a results grid: the query and five neighbours, the default k, in one row.
+GRID_COLUMNS = 6
+#: Title size, in points: 11 pixels at 100 dpi.
+TITLE_POINTS = 8
+
+
+def caption(hit: Hit, width: int = 26) -> str:
+    """How a result is titled, in the figures and in the app: rank, squared L2 distance, path."""
+    return f"#{hit.rank + 1}  d={hit.distance:.3g}\n{_short(hit.path, width)}"
+
 
 def show_images(
-    paths: Sequence[str], image_root: str | os.PathLike, titles: Sequence[str] | None = None, ncols: int = 6
+    paths: Sequence[str], image_root: str | os.PathLike, titles: Sequence[str] | None = None, ncols: int = GRID_COLUMNS
 ) -> Figure:
     """Draw images (paths relative to `image_root`) in a grid, titled with their paths or `titles`."""
-    titles = list(titles) if titles is not None else list(paths)
+    titles = list(titles) if titles is not None else [_short(path) for path in paths]
     figure, axes = _grid(len(paths), ncols)
     for axis, path, title in zip(axes, paths, titles):
         _draw(axis, Path(image_root) / path, title)
@@ -29,25 +50,52 @@ def show_images(
 def show_results(
     query: ImageSource, hits: Sequence[Hit], image_root: str | os.PathLike, query_title: str = "query"
 ) -> Figure:
-    """Draw the query image, then its hits in rank order with their distances, in one row."""
+    """Draw the query image, then its hits in rank order with their distances, wrapping into rows."""
     return show_result_rows([(query, hits, query_title)], image_root)
 
 
 def show_result_rows(
-    rows: Sequence[tuple[ImageSource, Sequence[Hit], str]], image_root: str | os.PathLike
+    rows: Sequence[tuple[ImageSource, Sequence[Hit], str]], image_root: str | os.PathLike, ncols: int = GRID_COLUMNS
 ) -> Figure:
-    """Draw several queries, one row each: (query image, its hits, its title)."""
-    ncols = 1 + max(len(hits) for _, hits, _ in rows)
-    figure, axes = plt.subplots(
-        len(rows), ncols, figsize=(2.3 * ncols, 2.6 * len(rows)), squeeze=False, layout="constrained"
-    )
-    for row_axes, (query, hits, title) in zip(axes, rows):
-        for axis in row_axes:
-            axis.axis("off")
-        _draw(row_axes[0], query, title, color="tab:blue")
-        for axis, hit in zip(row_axes[1:], hits):
-            _draw(axis, Path(image_root) / hit.path, f"#{hit.rank + 1}  d={hit.distance:.3g}\n{_short(hit.path)}")
+    """Draw several queries, each as a block of rows: (query image, its hits, its title)."""
+    ncols = max(1, min(ncols, max(1 + len(hits) for _, hits, _ in rows)))
+    blocks = [math.ceil((1 + len(hits)) / ncols) for _, hits, _ in rows]
+    figure, axes = _grid(sum(blocks) * ncols, ncols)
+    first = 0
+    for (query, hits, title), block in zip(rows, blocks):
+        cells = axes[first : first + 1 + len(hits)]
+        _draw(cells[0], query, _short(title), color="tab:blue")
+        for axis, hit in zip(cells[1:], hits):
+            _draw(axis, Path(image_root) / hit.path, caption(hit))
+        first += block * ncols
     return figure
+
+
+def thumbnail_jpeg(source: ImageSource, max_side: int = 200) -> bytes:
+    """`source` as JPEG bytes whose longer side is at most `max_side`: what the app's tiles show.
+
+    Raises `ImageLoadError` for a file that cannot be shown. Files are cached by
+    path, size and modification time, so moving the k slider re-reads nothing.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        try:
+            stat = os.stat(source)
+        except OSError:
+            stat = None
+        if stat is not None:
+            return _cached_thumbnail(os.fspath(source), stat.st_size, stat.st_mtime_ns, max_side)
+    return _encode_jpeg(load_thumbnail(source, max_side))
+
+
+@lru_cache(maxsize=512)
+def _cached_thumbnail(path: str, size: int, mtime_ns: int, max_side: int) -> bytes:
+    return _encode_jpeg(load_thumbnail(path, max_side))
+
+
+def _encode_jpeg(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG", quality=85)
+    return buffer.getvalue()
 
 
 def plot_embedding_map(vectors: np.ndarray, labels: Sequence[str], title: str = "") -> Figure:
@@ -69,9 +117,13 @@ def plot_embedding_map(vectors: np.ndarray, labels: Sequence[str], title: str = 
 
 
 def _grid(count: int, ncols: int) -> tuple[Figure, list[plt.Axes]]:
+    """A grid of `count` cells, `ncols` wide (fewer if fewer cells), every cell's axes switched off."""
     ncols = max(1, min(ncols, count))
     nrows = max(1, math.ceil(count / ncols))
-    figure, axes = plt.subplots(nrows, ncols, figsize=(2.6 * ncols, 2.9 * nrows), squeeze=False, layout="constrained")
+    width = min(1.65, MAX_WIDTH_INCHES / ncols)
+    figure, axes = plt.subplots(
+        nrows, ncols, figsize=(width * ncols, (width + 0.35) * nrows), squeeze=False, layout="constrained"
+    )
     flat = list(axes.flat)
     for axis in flat:
         axis.axis("off")
@@ -82,9 +134,9 @@ def _draw(axis: plt.Axes, source: ImageSource, title: str, color: str = "black")
     try:
         axis.imshow(load_thumbnail(source))
     except ImageLoadError as error:
-        axis.text(0.5, 0.5, f"cannot show:\n{error.reason}", ha="center", va="center", wrap=True)
-    axis.set_title(title, fontsize=9, color=color)
+        axis.text(0.5, 0.5, f"cannot show:\n{error.reason}", ha="center", va="center", wrap=True, fontsize=7)
+    axis.set_title(title, fontsize=TITLE_POINTS, color=color)
 
 
-def _short(path: str, width: int = 28) -> str:
+def _short(path: str, width: int = 26) -> str:
     return path if len(path) <= width else "…" + path[-(width - 1):]
