@@ -28,8 +28,15 @@ demo: install  ## embed the images, build the index, check it, draw example quer
 test: install  ## unit tests, then the notebooks end to end (nbval), offline
 	$(BIN)/python -m pytest
 
-lab: install  ## open the notebooks in JupyterLab
-	$(BIN)/jupyter lab notebooks/
+# The notebooks run in notebooks/: a weights file is passed as an absolute path, imagenet and random as they are.
+LAB_WEIGHTS = $(if $(filter imagenet random,$(WEIGHTS)),$(WEIGHTS),$(abspath $(WEIGHTS)))
+# JupyterLab refuses to run as root unless told to; root is how notebooks run in most containers.
+ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
+
+lab: install  ## open the notebooks in JupyterLab, with the same settings as `make demo` (IMAGES, ARTIFACTS, WEIGHTS…)
+	IMAGESEARCH_IMAGES="$(abspath $(IMAGES))" IMAGESEARCH_ARTIFACTS="$(abspath $(ARTIFACTS))" \
+	IMAGESEARCH_BACKBONE="$(BACKBONE)" IMAGESEARCH_WEIGHTS="$(LAB_WEIGHTS)" \
+		$(BIN)/jupyter lab $(ALLOW_ROOT) notebooks/
 
 notebooks: install  ## re-run the notebooks and store their outputs as nbval's expected results
 	$(BIN)/python tests/refresh_notebooks.py

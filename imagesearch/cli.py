@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 import argparse
-import os
+import shlex
 import sys
 import warnings
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
-from .embedders import PrecisionUnavailableError, WeightsUnavailableError, make_embedder
-from .evaluate import evaluate, self_search_facts
-from .extract import extract_embeddings, load_embeddings, load_previous_embeddings, save_embeddings
-from .images import ImageLoadError
+from .embedders import make_embedder
+from .errors import UserFacingError
+from .evaluate import evaluate, self_check
+from .extract import SKIPPED_FILE, extract_embeddings, load_embeddings, load_previous_embeddings, save_embeddings
 from .index import SearchIndex, build_index, load_index, load_previous_index, save_index
-from .query import EmbedderMismatchError, search_image, search_indexed
-from .storage import ArtifactError, embeddings_dir, exclusive, index_dir
+from .query import search_image, search_indexed
+from .storage import embeddings_dir, exclusive, index_dir
+
+#: Skipped files listed on the console; all of them are in skipped.csv.
+SKIPS_SHOWN = 20
+#: Example queries `build` draws when no --example is given, spread over the collection.
+EXAMPLES = 4
 
 
 def build(args: argparse.Namespace) -> int:
@@ -25,9 +31,20 @@ def build(args: argparse.Namespace) -> int:
         return status
     search_index = _update_index(args)
     figure_path = Path(args.artifacts) / "example_queries.jpg"
-    _save_examples(search_index, args.images, args.example or search_index.paths[:1], figure_path, args.k)
-    print(f"Example queries drawn to {figure_path}. Next: `make lab` and open notebooks/03_search.ipynb.")
+    spread = np.linspace(0, len(search_index) - 1, min(EXAMPLES, len(search_index))).astype(int)
+    queries = args.example or [search_index.paths[row] for row in spread]
+    _save_examples(search_index, args.images, queries, figure_path, args.k)
+    print(f"{len(queries)} example {'query' if len(queries) == 1 else 'queries'} drawn to {figure_path}.")
+    print(f"Next: `{lab_command(args)}` opens the notebooks on these artifacts; start with notebooks/03_search.ipynb.")
     return 0
+
+
+def lab_command(args: argparse.Namespace) -> str:
+    """The `make lab` command that opens the notebooks with this run's settings (those that differ from make's)."""
+    settings = [("IMAGES", args.images, "images"), ("ARTIFACTS", args.artifacts, "artifacts"),
+                ("BACKBONE", args.backbone, "resnet50"), ("WEIGHTS", args.weights, "imagenet")]
+    return " ".join(["make lab", *(f"{name}={shlex.quote(str(value))}" for name, value, default in settings
+                                   if str(value) != default)])
 
 
 def extract(args: argparse.Namespace) -> int:
@@ -40,11 +57,15 @@ def extract(args: argparse.Namespace) -> int:
     previous = load_previous_embeddings(folder)
     embeddings = extract_embeddings(args.images, embedder, args.batch_size, previous=previous, checkpoint_dir=folder)
     save_embeddings(embeddings, folder)
-    print(f"{embeddings.summary()}\n  this run: {embeddings.changes.summary()}")
-    for skip in embeddings.skipped:
+    changes = embeddings.changes
+    print(f"{embeddings.summary()}\n  this run: {changes.summary()}\n  {changes.ignored_summary()}")
+    if notes := changes.notes_summary():
+        print(f"  {notes}")
+    for skip in embeddings.skipped[:SKIPS_SHOWN]:
         print(f"  skipped {skip.path}: {skip.reason}")
     if skipped := embeddings.skipped:
-        print(f"  {len(skipped)} skipped files are listed in {folder / 'skipped.csv'}")
+        more = f"… and {len(skipped) - SKIPS_SHOWN} more; " if len(skipped) > SKIPS_SHOWN else ""
+        print(f"  {more}all {len(skipped)} skipped files, with their reasons, are in {folder / SKIPPED_FILE}")
     if not embeddings.items:
         print("Nothing to index: no readable images were found.", file=sys.stderr)
         return 1
@@ -63,8 +84,10 @@ def _update_index(args: argparse.Namespace) -> SearchIndex:
         search_index = build_index(embeddings, args.factory, previous=load_previous_index(index_dir(args.artifacts)))
     save_index(search_index, index_dir(args.artifacts))
     print(f"Index {search_index.factory} of {len(search_index)} vectors, {search_index.changes.summary()}")
-    for fact, holds in self_search_facts(search_index, sample=1000).items():
-        print(f"  check: {fact}: {'yes' if holds else 'NO'}")
+    check = self_check(search_index, sample=1000)
+    print(f"  checked {check.checked} images for themselves:")
+    for line in check.lines():
+        print(f"  check: {line}")
     return search_index
 
 
@@ -92,7 +115,7 @@ def _save_examples(search_index, image_root, queries: list[str], figure_path: Pa
     rows = [(Path(image_root) / query, search_indexed(search_index, query, k), f"query: {query}") for query in queries]
     figure = show_result_rows(rows, image_root)
     figure.suptitle(f"{len(search_index)} images, {search_index.factory} index, embedder {search_index.embedder}")
-    figure.savefig(figure_path, dpi=72, pil_kwargs={"quality": 85})  # photos: JPEG is a fraction of PNG
+    figure.savefig(figure_path, dpi=100, pil_kwargs={"quality": 85})  # photos: JPEG is a fraction of PNG
 
 
 def parser() -> argparse.ArgumentParser:
@@ -144,14 +167,17 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: less start-up chatter
-    warnings.simplefilter("always")  # show the random-weights warning on the console
+    warnings.showwarning = _print_warning
     try:
         return args.run(args)
-    except (WeightsUnavailableError, ArtifactError, EmbedderMismatchError, ImageLoadError, FileNotFoundError,
-            PrecisionUnavailableError) as error:
+    except (UserFacingError, FileNotFoundError) as error:  # messages that say what to do: no traceback
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyError as error:  # an --example that is not in the index
         print(f"error: {error.args[0]}", file=sys.stderr)
         return 2
+
+
+def _print_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings on the console as one `warning:` line each (Python shows each one once), not file and line."""
+    print(f"warning: {message}", file=sys.stderr)
