@@ -15,7 +15,6 @@ NOTEBOOK_DEFAULTS = {
     "IMAGESEARCH_IMAGES": "../images",  # relative to notebooks/, where nbval starts each kernel
     "IMAGESEARCH_BACKBONE": "resnet50",
     "IMAGESEARCH_WEIGHTS": "random",  # ImageNet weights cannot be downloaded on offline machines
-    "TF_CPP_MIN_LOG_LEVEL": "2",  # keep TensorFlow's start-up chatter out of the cell outputs
 }
 
 
