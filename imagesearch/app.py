@@ -10,14 +10,12 @@ import ipywidgets as widgets
 
 from .display import caption, thumbnail_jpeg
 from .embedders import Embedder
-from .images import IMAGE_EXTENSIONS, ImageLoadError, ImageSource
+from .images import ImageLoadError, ImageSource, image_extensions
 from .index import Hit, SearchIndex
 from .query import check_compatible, search_image, search_indexed
 
 #: The most neighbours the slider offers.
 MAX_K = 20
-#: The file chooser offers image files first (any file can still be picked, and is checked).
-ACCEPT = ",".join(["image/*", *sorted(IMAGE_EXTENSIONS)])
 
 
 class SearchApp:
@@ -40,7 +38,10 @@ class SearchApp:
         )
         self.slider = widgets.IntSlider(value=min(k, most), min=1, max=most, description="k", continuous_update=False)
         self.upload = widgets.FileUpload(
-            accept=ACCEPT, multiple=False, description="Upload an image", layout=widgets.Layout(width="auto")
+            accept=",".join(["image/*", *sorted(image_extensions())]),  # offered first; any file can be picked
+            multiple=False,
+            description="Upload an image",
+            layout=widgets.Layout(width="auto"),
         )
         self.status = widgets.HTML(layout=widgets.Layout(margin="0 0 0 1em"))
         self.status.add_class("imagesearch-status")

@@ -37,6 +37,7 @@ import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import BinaryIO
 
 from PIL import Image
 
@@ -170,17 +171,18 @@ def _vsnprintf():
 PREFIX_BYTES = 64
 
 
-def reason(error: BaseException, messages: list[str], prefix: bytes) -> str:
-    """One line on why a file could not be decoded, from the error, what Pillow and libtiff said, and its first bytes.
+def reason(error: BaseException, messages: list[str], file: BinaryIO) -> str:
+    """One line on why a file could not be decoded, from the error, what Pillow and libtiff said, and the file.
 
-    Says what is wrong in words first ("truncated", "not an image: it holds
-    text", "a TIFF file Pillow cannot decode"), then the decoder's own words,
-    which name the detail.
+    Says what is wrong in words first ("truncated", "not an image: the file
+    holds text", "Pillow cannot decode this TIFF file"), then the decoder's own
+    words, which name the detail. `file` is the file that failed, open and seekable.
     """
+    prefix = _read(file, 0, PREFIX_BYTES)
     said = "; ".join(dict.fromkeys(message.strip().rstrip(".") for message in messages if message.strip()))
     detail = said or _own_words(error)
     formats = claimed_formats(prefix)
-    kind = f"a {' or '.join(formats)} file" if formats else "the file"
+    this = f"this {' or '.join(formats)} file" if formats else "this file"
 
     if isinstance(error, Image.DecompressionBombError):
         found = re.search(r"\((\d+) pixels\)", str(error))
@@ -189,19 +191,22 @@ def reason(error: BaseException, messages: list[str], prefix: bytes) -> str:
         if not prefix:
             return "empty file (0 bytes): not an image"
         if formats:
-            return f"{kind} that Pillow cannot open: {said or _probe(prefix, formats) or detail}"
+            why = said or _probe(file, formats) or detail
+            if "requires a buffer" in why:  # struct.error, read as a SyntaxError: the bytes ran out mid-header
+                why = f"its header is cut short ({why})"
+            return f"Pillow cannot open {this}: {why}"
         if (text := _as_text(prefix)) is not None:
             return f"not an image: the file holds text ({text!r}…)"
         return "not an image: its content is in no format Pillow reads"
-    if "truncated" in detail or isinstance(error, EOFError):
-        return f"truncated: {kind} ends before its image does ({detail})"
+    if "truncated" in detail.lower() or isinstance(error, EOFError):
+        return f"truncated: {this} ends before its image does ({detail})"
     if "ghostscript" in detail.lower():
-        return f"{kind} that needs Ghostscript to be drawn, which is not installed (install the ghostscript package)"
+        return f"{this} needs Ghostscript to be drawn, which is not installed (install the ghostscript package)"
     if isinstance(error, NotImplementedError):
-        return f"{kind} in a variant Pillow does not implement ({detail})"
+        return f"Pillow does not implement the variant of {this} ({detail})"
     if isinstance(error, MemoryError):
-        return f"{kind} too large to decode in the memory available"
-    return f"{kind} that Pillow cannot decode ({detail})"
+        return f"{this} is too large to decode in the memory available"
+    return f"Pillow cannot decode {this} ({detail})"
 
 
 def too_many_pixels(pixels: int | None) -> str:
@@ -230,22 +235,30 @@ def claimed_formats(prefix: bytes) -> list[str]:
     return found
 
 
-def _probe(prefix: bytes, formats: list[str]) -> str:
-    """Why Pillow's openers of `formats` refused a file, when they raised without saying more; '' if unknown.
+def _probe(file: BinaryIO, formats: list[str]) -> str:
+    """Why Pillow's openers of `formats` refused `file` when they raised without saying more; '' if unknown.
 
-    Only called for files that already failed, so the second attempt costs
-    nothing on the happy path. Openers read the header only.
+    Pillow tries each opener and, when all refuse, raises an error that names
+    none of their reasons. Only files that already failed get this second
+    try, so it costs nothing on the happy path; openers read headers only.
     """
-    import io
-
     for name in formats:
         factory, _ = Image.OPEN[name]
         try:
+            file.seek(0)
             with collecting() as said:
-                factory(io.BytesIO(prefix), "")
+                factory(file, "")
         except Exception as error:  # noqa: BLE001 - exactly what we want to read
             return "; ".join(said) or _own_words(error)
     return ""
+
+
+def _read(file: BinaryIO, start: int, size: int) -> bytes:
+    try:
+        file.seek(start)
+        return file.read(size)
+    except (OSError, ValueError):
+        return b""
 
 
 def _own_words(error: BaseException) -> str:
@@ -261,12 +274,3 @@ def _as_text(prefix: bytes) -> str | None:
     if not all(char.isprintable() or char in "\r\n\t" for char in text):
         return None
     return " ".join(text.split())[:40]
-
-
-def first_bytes(path: str | os.PathLike) -> bytes:
-    """A file's first PREFIX_BYTES bytes, or b'' where it cannot be read."""
-    try:
-        with open(path, "rb") as file:
-            return file.read(PREFIX_BYTES)
-    except OSError:
-        return b""

@@ -28,22 +28,22 @@ from .errors import UserFacingError
 IDENTIFIED_ONLY = frozenset({"MPEG", "BUFR", "GRIB", "HDF5", *(() if os.name == "nt" else ("WMF",))})
 
 #: Image formats people keep photos in that Pillow cannot read by itself: counted apart when left out,
-#: so that a folder of iPhone photos is not reported as "not images".
+#: so that a folder of iPhone photos is not reported as "not images" (unless a plugin makes them readable).
 UNSUPPORTED_IMAGE_EXTENSIONS = frozenset(
     {".heic", ".heif", ".hif", ".svg", ".svgz", ".cr2", ".cr3", ".nef", ".arw", ".dng", ".orf", ".rw2", ".raf", ".jxl"}
 )
 
 
-def _readable_extensions() -> frozenset[str]:
-    """Every file name ending that Pillow, as installed here, opens and decodes (".jpg", ".tga", ".dds", …)."""
+def image_extensions() -> frozenset[str]:
+    """Every file name ending that Pillow, as installed here, opens and decodes (".jpg", ".tga", ".dds", …).
+
+    Asked of Pillow each time, so that a plugin registered later counts: e.g.
+    `pillow_heif.register_heif_opener()` makes ".heic" photos images.
+    """
     Image.init()
-    readable = set(Image.OPEN) - IDENTIFIED_ONLY
-    readable.add("MPO")  # multi-picture JPEGs: registered for saving; opened by the JPEG plugin
+    readable = (set(Image.OPEN) - IDENTIFIED_ONLY) | {"MPO"}  # multi-picture JPEGs: opened by the JPEG plugin
     return frozenset(ext for ext, name in Image.registered_extensions().items() if name in readable)
 
-
-#: File name endings treated as images (compared case-insensitively): all that Pillow can decode here.
-IMAGE_EXTENSIONS = _readable_extensions() - UNSUPPORTED_IMAGE_EXTENSIONS
 
 #: Anything `open_rgb` accepts: a path, raw bytes (an upload), or a binary file object.
 ImageSource = str | os.PathLike | bytes | BinaryIO
@@ -73,7 +73,8 @@ class FolderScan:
     """The image files under a folder, and what else it holds, left out and counted by why and by ending.
 
     `images` are sorted POSIX paths relative to the folder. `ignored` counts
-    (why, ending) pairs: (NOT_IMAGES, ".txt"), (UNSUPPORTED, ".heic"),
+    (why, ending) pairs: (NOT_IMAGES, ".txt"), (NOT_IMAGES, "") for a name
+    without an extension, (UNSUPPORTED, ".heic"),
     (HIDDEN, "file") or (HIDDEN, "folder"), (LINKED_FOLDER, "folder"). A hidden
     or linked folder counts once; nothing inside it is read.
     """
@@ -101,13 +102,14 @@ def describe_ignored(ignored: Counter, examples: int = 4) -> str:
     for why, (one, many) in phrases.items():
         endings = Counter({ending: count for (reason, ending), count in ignored.items() if reason == why})
         if count := sum(endings.values()):
-            common = endings.most_common(examples)
+            common = sorted(endings.items(), key=lambda item: (-item[1], item[0]))[:examples]  # the same on any disk
             if why == HIDDEN:  # "file" and "folder": how many of each
                 shown = " (" + ", ".join(f"{n} {kind}{'' if n == 1 else 's'}" for kind, n in sorted(common)) + ")"
             elif why == LINKED_FOLDER:
                 shown = ""
             else:
-                shown = f" ({', '.join(ending for ending, _ in common)}{', …' if len(endings) > examples else ''})"
+                names = ", ".join(ending or "no extension" for ending, _ in common)
+                shown = f" ({names}{', …' if len(endings) > examples else ''})"
             parts.append(f"{count} {one if count == 1 else many}{shown}")
     return f"{total} {'other' if total == 1 else 'others'} ignored: {', '.join(parts)}"
 
@@ -118,7 +120,7 @@ def scan_folder(root: str | os.PathLike) -> FolderScan:
     Paths are relative to `root` (so saved artifacts survive moving the
     folder) and sorted (so every saved file is reproducible). A file is an
     image by its extension, case-insensitively: any that Pillow decodes here
-    (`IMAGE_EXTENSIONS`). Its content decides later whether it really is one.
+    (`image_extensions()`). Its content decides later whether it really is one.
     """
     root = Path(root)
     if not root.is_dir():
@@ -126,6 +128,7 @@ def scan_folder(root: str | os.PathLike) -> FolderScan:
         raise FileNotFoundError(f"image folder {root} {problem}; pass the folder that holds your images")
     images: list[str] = []
     ignored: Counter = Counter()
+    readable = image_extensions()
     for folder, subfolders, files in os.walk(root):
         # os.walk lists a link to a folder among the folders but, without followlinks, never enters it:
         # a link to a parent cannot loop. Hidden folders (.git, .ipynb_checkpoints) are no part of a collection.
@@ -140,10 +143,10 @@ def scan_folder(root: str | os.PathLike) -> FolderScan:
             ending = os.path.splitext(name)[1].lower()
             if name.startswith("."):
                 ignored[HIDDEN, "file"] += 1
-            elif ending in IMAGE_EXTENSIONS:
+            elif ending in readable:
                 images.append(str(relative / name) if relative.parts else name)
             else:
-                ignored[UNSUPPORTED if ending in UNSUPPORTED_IMAGE_EXTENSIONS else NOT_IMAGES, ending or "(none)"] += 1
+                ignored[UNSUPPORTED if ending in UNSUPPORTED_IMAGE_EXTENSIONS else NOT_IMAGES, ending] += 1
     return FolderScan(sorted(images), ignored)
 
 
@@ -189,12 +192,12 @@ def open_rgb(
             except ImageLoadError:
                 raise
             except Exception as error:  # any decoder may raise anything: a problem of this file, never of the run
-                raise ImageLoadError(name, diagnose.reason(error, said, _first_bytes(source))) from error
+                raise ImageLoadError(name, diagnose.reason(error, said, source)) from error
     finally:
         if opened is not None:
             opened.close()
     if notes is not None:
-        notes.extend(said)
+        notes.extend(dict.fromkeys(said))
     else:
         for message in dict.fromkeys(said):
             warnings.warn(f"{name}: {message}", DecodeWarning, stacklevel=2)
@@ -224,14 +227,6 @@ def _decode(name: str, source: BinaryIO, min_size: tuple[int, int] | None, said:
             said.append(f"EXIF orientation unreadable, image used as stored ({type(error).__name__}: {error})")
             upright = image
         return _to_rgb(upright)
-
-
-def _first_bytes(source: BinaryIO) -> bytes:
-    try:
-        source.seek(0)
-        return source.read(diagnose.PREFIX_BYTES)
-    except (OSError, ValueError):
-        return b""
 
 
 def load_image(
