@@ -51,11 +51,13 @@ from imagesearch.index import (
 )
 from imagesearch.query import EmbedderMismatchError, check_compatible, search_image, search_indexed
 from imagesearch.runtime import versions
-from imagesearch.storage import ArtifactError, embeddings_dir, index_dir
+from imagesearch.storage import ArtifactError, DamagedStateError, DamagedStateWarning, embeddings_dir, index_dir
 
 __all__ = [
     "ArtifactError",
     "Changes",
+    "DamagedStateError",
+    "DamagedStateWarning",
     "DecodeWarning",
     "Embedder",
     "EmbedderInfo",

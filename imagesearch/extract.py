@@ -16,6 +16,10 @@ and modification time are unchanged keeps its vector; one whose size or time
 differ is hashed, and keeps its vector if the content is the same; a file
 that appears under a new path with the content of a vanished one (a rename or
 a move) keeps its vector too. Everything else is embedded.
+
+A damaged folder is repaired the same way (`load_previous_embeddings`): the
+images whose vectors a damaged or missing shard held are embedded again,
+under the ids they had, and everything else is kept.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import json
 import os
 import queue
 import threading
+import warnings
 import zipfile
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -44,14 +49,18 @@ from .images import ImageLoadError, describe_ignored, load_image, scan_folder, u
 from .storage import (
     FORMAT_VERSION,
     ArtifactError,
+    DamagedStateError,
+    DamagedStateWarning,
     atomic_path,
+    embeddings_advice,
     exclusive,
     fresh_name,
+    one_line,
     read_json,
     remove_stale,
     write_json,
 )
-from .vectors import ArraySource, FileSource, Source, VectorStore, shard_shape, write_shard
+from .vectors import ArraySource, FileSource, Source, VectorStore, shard_damage, shard_shape, write_shard
 
 T = TypeVar("T")
 
@@ -93,8 +102,8 @@ class Changes:
     """What an extraction did, by path: embedded anew, re-embedded, dropped, kept, or skipped.
 
     Every file under the image folder is in exactly one of: the images (added,
-    changed, renamed, unchanged), `skipped` (not readable as an image, with a
-    reason), or `ignored` (not considered: see `images.FolderScan`).
+    changed, renamed, unchanged, repaired), `skipped` (not readable as an
+    image, with a reason), or `ignored` (not considered: see `images.FolderScan`).
     """
 
     added: list[str] = field(default_factory=list)
@@ -107,17 +116,19 @@ class Changes:
     ignored: Counter = field(default_factory=Counter)  # (why, ending) -> files, as `FolderScan.ignored`
     noted: int = 0  # of the embedded: images that decoded while Pillow or libtiff warned (a corrupt EXIF block)
     note_example: str = ""  # the first such warning, "path: what was said"
+    repaired: list[str] = field(default_factory=list)  # unchanged, but their saved vectors were lost: embedded again
 
     @property
     def embedded(self) -> int:
         """How many images went through the model in this run."""
-        return len(self.added) + len(self.changed) - self.resumed
+        return len(self.added) + len(self.changed) + len(self.repaired) - self.resumed
 
     def summary(self) -> str:
+        repaired = f", {len(self.repaired)} repaired" if self.repaired else ""
         resumed = f"; {self.resumed} vectors resumed from an interrupted run" if self.resumed else ""
         return (
             f"{len(self.added)} added, {len(self.changed)} changed, {len(self.removed)} removed, "
-            f"{len(self.renamed)} renamed, {self.unchanged} unchanged, {self.skipped} skipped{resumed}"
+            f"{len(self.renamed)} renamed, {self.unchanged} unchanged, {self.skipped} skipped{repaired}{resumed}"
         )
 
     def ignored_summary(self) -> str:
@@ -128,8 +139,8 @@ class Changes:
         """How many embedded images came with a decoder's warning, and the first, or '' where none did."""
         if not self.noted:
             return ""
-        images = "image" if self.noted == 1 else "images"
-        return f"{self.noted} {images} decoded despite a warning and were embedded, e.g. {self.note_example}"
+        images, were = ("image", "was") if self.noted == 1 else ("images", "were")
+        return f"{self.noted} {images} decoded despite a warning and {were} embedded, e.g. {self.note_example}"
 
 
 @dataclass
@@ -150,6 +161,9 @@ class Embeddings:
     next_id: int = 0  # ids are never reused, so an id names one image content for good
     changes: Changes = field(default_factory=Changes)
     journal: list[Path] = field(default_factory=list)  # the journal files a save deletes (see _Journal.files)
+    # Images a damaged folder lost the vectors of (`load_previous_embeddings`): not in `items`; an extraction
+    # given these embeddings as `previous` embeds them again under the same ids.
+    lost: list[ImageRecord] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not isinstance(self.store, VectorStore):
@@ -218,9 +232,11 @@ def _extract_embeddings(
         )
     root = Path(image_root)
     old = {item.path: item for item in previous.items} if previous else {}
+    lost = {item.path: item for item in previous.lost} if previous else {}  # to embed again, under the same ids
     old_rows = {item.id: row for row, item in enumerate(previous.items)} if previous else {}
     previous_store = previous.store if previous else VectorStore([], np.zeros((0, 2)), embedder.info.dim)
-    next_id = previous.next_id if previous else 0
+    # Ids are never reused, those of lost images included (embeddings made by hand may have left next_id at 0).
+    next_id = max([previous.next_id, *(item.id + 1 for item in [*previous.items, *previous.lost])]) if previous else 0
     journal = _Journal(Path(checkpoint_dir) / JOURNAL_DIR if checkpoint_dir else None, embedder.info)
 
     scan = scan_folder(root)
@@ -243,23 +259,26 @@ def _extract_embeddings(
     # Files to read: new, or touched. Their content hash decides what they are.
     present = set(paths)
     vanished = {record.sha256: record for path, record in old.items() if path not in present}
-    added, changed, renamed = [], [], []
+    added, changed, renamed, repaired = [], [], [], []
     new_records: dict[str, ImageRecord] = {}
     fresh: dict[str, tuple[Source, int]] = {}  # path -> where its new vector is (journaled or in memory)
 
     def place(path: str, stat: os.stat_result, digest: str) -> bool:
         """File an image as kept, renamed, changed or added; return whether it needs a new vector."""
         nonlocal next_id
-        record = old.get(path)
-        if record and record.sha256 == digest:  # touched, same content
+        record = old.get(path) or lost.get(path)
+        if path in lost and record.sha256 == digest:  # its saved vector was lost: the same content, embedded again
+            repaired.append(path)
+        elif record and record.sha256 == digest:  # touched, same content
             kept[path] = replace(record, size=stat.st_size, mtime_ns=stat.st_mtime_ns)
             return False
-        if record is None and digest in vanished:  # moved or renamed
+        elif record is None and digest in vanished:  # moved or renamed
             source = vanished.pop(digest)
             kept[path] = replace(source, path=path, size=stat.st_size, mtime_ns=stat.st_mtime_ns)
             renamed.append((source.path, path))
             return False
-        (changed if record else added).append(path)
+        else:
+            (changed if record else added).append(path)
         if record is None:
             image_id, next_id = next_id, next_id + 1
         else:
@@ -303,6 +322,8 @@ def _extract_embeddings(
         if skip.path in old and skip.path not in kept:
             kept[skip.path] = old[skip.path]
             skipped[number] = Skipped(skip.path, f"{skip.reason}; its earlier embedding is kept")
+        elif skip.path in lost:  # nothing to keep: its vector was in a damaged shard
+            skipped[number] = Skipped(skip.path, f"{skip.reason}; its earlier embedding was lost with a damaged file")
 
     items = sorted([*kept.values(), *new_records.values()], key=lambda item: item.path)
 
@@ -316,11 +337,13 @@ def _extract_embeddings(
     store = VectorStore.gather([location(item) for item in items], embedder.info.dim)
     resumed_or_embedded = len(fresh)
     renamed_from = {old_path for old_path, _ in renamed}
-    removed = [path for path in old if path not in kept and path not in new_records and path not in renamed_from]
+    removed = sorted(
+        path for path in [*old, *lost] if path not in kept and path not in new_records and path not in renamed_from
+    )
     skipped.sort(key=lambda skip: skip.path)
     unchanged = len(items) - resumed_or_embedded - len(renamed)
     changes = Changes(
-        added, changed, removed, renamed, unchanged, len(skipped), resumed, scan.ignored, noted, note_example
+        added, changed, removed, renamed, unchanged, len(skipped), resumed, scan.ignored, noted, note_example, repaired
     )
     return Embeddings(store, items, embedder.info, str(root), skipped, next_id, changes, journal.files)
 
@@ -461,7 +484,7 @@ def _read_image(path: Path, size: tuple[int, int], notes: list[str]) -> tuple[os
     """
     stat = path.stat()
     if not S_ISREG(stat.st_mode):  # a pipe or a device would block or never end
-        raise ImageLoadError(str(path), "not a regular file")
+        raise ImageLoadError(str(path), "not a regular file (a pipe or a device)")
     if stat.st_size <= READ_WHOLE_LIMIT:
         data = path.read_bytes()
         return stat, hashlib.sha256(data).hexdigest(), load_image(data, size, notes)
@@ -489,6 +512,11 @@ def save_embeddings(embeddings: Embeddings, directory: str | os.PathLike) -> lis
 
 
 def _save_embeddings(embeddings: Embeddings, directory: Path) -> list[Path]:
+    if embeddings.lost:  # saving these would drop the lost images from the collection, and their ids with them
+        raise ArtifactError(
+            f"these embeddings lack the vectors of {len(embeddings.lost)} images, lost with a damaged file; pass "
+            "them as previous= to extract_embeddings, which embeds those images again, and save its result"
+        )
     store = embeddings.store
     kept = _shards_to_keep(store, directory)
     keep_row = np.isin(store.locations[:, 0], [number for number, _, _ in kept])
@@ -587,51 +615,171 @@ def _shards_to_keep(store: VectorStore, directory: Path) -> list[tuple[int, File
 def load_embeddings(directory: str | os.PathLike) -> Embeddings:
     """Read what `save_embeddings` wrote, checking that the shards and the manifest agree.
 
-    Only the shards' headers are read here; vectors are read when used.
+    Only the shards' headers are read here; vectors are read when used. Any
+    damage (a manifest that is missing, not JSON or not a manifest; a shard
+    that is missing, truncated or of another shape) raises `DamagedStateError`,
+    one line that names the file and says the command that repairs it.
     """
     directory = Path(directory)
-    manifest = read_json(directory / MANIFEST_FILE, kind="embeddings")
-    embedder = EmbedderInfo.from_dict(manifest["embedder"])
-    if manifest["format_version"] == 2:  # one vectors file, row i for item i
-        shards = [{"file": manifest["vectors_file"], "rows": manifest["count"]}]
-        items = [(*item, 0, row) for row, item in enumerate(manifest["items"])]
-    else:
-        shards, items = manifest["shards"], manifest["items"]
-    sources = []
-    for shard in shards:
-        path = directory / shard["file"]
-        if not path.is_file():
-            raise ArtifactError(f"{path}, named by the manifest, is missing: extract the embeddings again")
-        shape, dtype = shard_shape(path)
-        expected = (shard["rows"], embedder.dim)
-        if shape != expected or dtype != np.float32:
-            raise ArtifactError(
-                f"{path} holds {shape} {dtype}, but the manifest describes {expected} float32; "
-                "the files come from different saves: extract the embeddings again"
-            )
-        sources.append(FileSource(path))
-    locations = np.array([item[5:7] for item in items], dtype=np.int64).reshape(-1, 2)
-    if len(items) != manifest["count"] or not all(
-        0 <= number < len(shards) and 0 <= row < shards[number]["rows"] for number, row in locations.tolist()
-    ):
-        raise ArtifactError(
-            f"{directory / MANIFEST_FILE} lists images outside its shards, or a wrong count: "
-            "extract the embeddings again"
-        )
-    records = [ImageRecord(*item[:5]) for item in items]
-    store = VectorStore(sources, locations, embedder.dim)
-    skipped = [Skipped(path, reason) for path, reason in manifest["skipped"]]
-    return Embeddings(store, records, embedder, manifest["image_root"], skipped, manifest["next_id"])
+    embeddings, losses = _load_trusted(directory, _read_manifest(directory))
+    if losses:
+        (damage, _), others = losses[0], losses[1:]
+        if others:
+            more = "file is" if len(others) == 1 else "files are"
+            damage += f", and {len(others)} other {more} damaged too"
+        lost = len(embeddings.lost)
+        held = f"the vectors of {lost} images are lost" if lost != 1 else "the vector of 1 image is lost"
+        advice = embeddings_advice(directory, embeddings.image_root, embedder=embeddings.embedder.to_dict())
+        raise DamagedStateError(f"{damage}; {held}", advice)
+    return embeddings
 
 
 def load_previous_embeddings(directory: str | os.PathLike) -> Embeddings | None:
-    """The embeddings saved in `directory`, or None where nothing was saved yet (a first run)."""
-    if not (Path(directory) / MANIFEST_FILE).exists():
+    """What an update can trust of the embeddings saved in `directory`, or None where nothing was saved yet.
+
+    Damage is repaired rather than refused, each time with a `DamagedStateWarning`
+    that says what: where shards are missing or damaged, the result holds the
+    images whose vectors are intact, and lists the others in `lost`, so that
+    `extract_embeddings` embeds exactly those again, under their ids. Where the
+    manifest itself is damaged, no vector can be matched to its image: the
+    result is None, every image is embedded again, and the next save replaces
+    the manifest and deletes the shards it no longer names. Saved state of a
+    newer format is refused (`ArtifactError`): it is not damaged, and this
+    code must not write over it.
+    """
+    directory = Path(directory)
+    if not (directory / MANIFEST_FILE).exists():
         return None
-    return load_embeddings(directory)
+    try:
+        manifest = _read_manifest(directory)
+    except DamagedStateError as error:
+        warnings.warn(
+            DamagedStateWarning(
+                f"{error.damage}; no saved vector can be matched to its image without it, so every image is embedded "
+                "again, and the next save replaces it"
+            ),
+            stacklevel=2,
+        )
+        return None
+    embeddings, losses = _load_trusted(directory, manifest)
+    for damage, count in losses:
+        again = f"its {count} {'image is' if count == 1 else 'images are'} embedded again" if count else "no image lost"
+        warnings.warn(DamagedStateWarning(f"{damage}; {again}"), stacklevel=2)
+    return embeddings
 
 
 def read_skipped(directory: str | os.PathLike) -> list[Skipped]:
     """The files the saved embeddings skipped, with reasons (as `skipped.csv` lists them for people)."""
-    manifest = read_json(Path(directory) / MANIFEST_FILE, kind="embeddings")
-    return [Skipped(path, reason) for path, reason in manifest["skipped"]]
+    return _read_manifest(Path(directory)).skipped
+
+
+@dataclass(frozen=True)
+class _Manifest:
+    """A manifest as read and checked: its items with the (shard number, row) of their vectors."""
+
+    path: Path
+    embedder: EmbedderInfo
+    image_root: str
+    shards: list[tuple[str, int]]  # file name, rows
+    items: list[tuple[ImageRecord, int, int]]  # record, shard number, row
+    skipped: list[Skipped]
+    next_id: int
+
+
+def _read_manifest(directory: Path) -> _Manifest:
+    """Read and check a manifest; raise `DamagedStateError` if it is missing, not JSON, or not shaped as one."""
+    path = directory / MANIFEST_FILE
+    manifest = read_json(path, kind="embeddings")
+    try:
+        return _parse_manifest(path, manifest)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as error:
+        detail = f"no {one_line(error.args[0])!r} entry" if isinstance(error, KeyError) else one_line(error)[:200]
+        root, embedder = manifest.get("image_root"), manifest.get("embedder")
+        advice = embeddings_advice(
+            directory, root if isinstance(root, str) else None, "all", embedder if isinstance(embedder, dict) else None
+        )
+        damage = f"{path} is damaged (not a manifest as this code writes them: {detail})"
+        raise DamagedStateError(damage, advice) from error
+
+
+def _is_int(value: object) -> bool:
+    return type(value) is int  # not bool, which JSON true and false become
+
+
+def _parse_manifest(path: Path, manifest: dict) -> _Manifest:
+    """The manifest read from `path` as a `_Manifest`; a KeyError, TypeError or ValueError (whose text says
+    what) where it is not shaped as one."""
+    embedder = EmbedderInfo.from_dict(manifest["embedder"])
+    if not (isinstance(embedder.backbone, str) and isinstance(embedder.weights, str) and embedder.dim > 0):
+        raise ValueError(f"the embedder {one_line(manifest['embedder'])[:80]} is not one this code writes")
+    if manifest["format_version"] == 2:  # one vectors file, row i for item i
+        shards = [(manifest["vectors_file"], manifest["count"])]
+        entries = [[*item, 0, row] if isinstance(item, list) else item for row, item in enumerate(manifest["items"])]
+    else:
+        shards = [(shard["file"], shard["rows"]) for shard in manifest["shards"]]
+        entries = manifest["items"]
+    for name, rows in shards:
+        if not (isinstance(name, str) and name == Path(name).name and name not in ("", ".", "..")):
+            raise ValueError(f"a shard's file {one_line(repr(name))[:80]} is not a file name")
+        if not (_is_int(rows) and rows >= 0):
+            raise ValueError(f"a shard's row count {one_line(repr(rows))[:40]} is not a count")
+    items = []
+    for entry in entries:
+        if not (
+            type(entry) is list and len(entry) == 7 and _is_int(entry[0]) and type(entry[1]) is str
+            and _is_int(entry[2]) and _is_int(entry[3]) and type(entry[4]) is str and _is_int(entry[5])
+            and _is_int(entry[6])
+        ):
+            raise ValueError(f"an image entry {one_line(repr(entry))[:80]} is not [id, path, size, mtime, sha256, "
+                             "shard, row]")
+        items.append((ImageRecord(*entry[:5]), entry[5], entry[6]))
+    count, next_id, image_root = manifest["count"], manifest["next_id"], manifest["image_root"]
+    if not (_is_int(count) and count == len(items)):
+        raise ValueError(f"its count {one_line(repr(count))[:40]} is not the {len(items)} images it lists")
+    ids = {record.id for record, _, _ in items}
+    if len(ids) != len(items) or len({record.path for record, _, _ in items}) != len(items):
+        raise ValueError("it lists an image id or a path twice")
+    if not _is_int(next_id):
+        raise ValueError(f"its next_id {one_line(repr(next_id))[:40]} is not an id")
+    if not isinstance(image_root, str):
+        raise ValueError(f"its image_root {one_line(repr(image_root))[:80]} is not a folder")
+    skipped = []
+    for entry in manifest["skipped"]:
+        if not (type(entry) is list and len(entry) == 2 and all(type(text) is str for text in entry)):
+            raise ValueError(f"a skipped entry {one_line(repr(entry))[:80]} is not [path, reason]")
+        skipped.append(Skipped(*entry))
+    # Ids are never reused; embeddings made by hand may have left next_id at 0.
+    return _Manifest(path, embedder, image_root, shards, items, skipped, max(next_id, max(ids, default=-1) + 1))
+
+
+def _load_trusted(directory: Path, manifest: _Manifest) -> tuple[Embeddings, list[tuple[str, int]]]:
+    """The embeddings of the items whose vectors are intact, the others in `lost`; and each damage found,
+    as (what is damaged, how many images lost their vector to it)."""
+    damage_of = [shard_damage(directory / name, (rows, manifest.embedder.dim)) for name, rows in manifest.shards]
+    sources = [FileSource(directory / name) for name, _ in manifest.shards]
+    places, items, lost = [], [], []
+    lost_to: Counter = Counter()  # shard number (or None: outside every shard) -> images lost
+    for record, number, row in manifest.items:
+        if not (0 <= number < len(manifest.shards) and 0 <= row < manifest.shards[number][1]):
+            lost_to[None] += 1
+            lost.append(record)
+        elif damage_of[number] is not None:
+            lost_to[number] += 1
+            lost.append(record)
+        else:
+            places.append((sources[number], row))
+            items.append(record)
+    losses = [
+        (f"{directory / name}{', named by the manifest,' if damage == 'is missing' else ''} {damage}", lost_to[number])
+        for number, ((name, _), damage) in enumerate(zip(manifest.shards, damage_of))
+        if damage is not None
+    ]
+    if lost_to[None]:
+        outside = lost_to[None]
+        images = "image" if outside == 1 else "images"
+        losses.append((f"{manifest.path} is damaged (it lists {outside} {images} outside its shards)", outside))
+    store = VectorStore.gather(places, manifest.embedder.dim)
+    embeddings = Embeddings(
+        store, items, manifest.embedder, manifest.image_root, manifest.skipped, manifest.next_id, lost=lost
+    )
+    return embeddings, losses

@@ -12,11 +12,17 @@ search; "IVF1024,PQ32" or "HNSW32" are approximate), so approximate indexes
 plug into the same build, update, save, load and search calls. Vectors are
 stored under stable image ids (`IndexIDMap2`, or the ids IVF indexes keep
 natively), so an update removes and adds only what changed.
+
+The index is derived from the embeddings alone, so a damaged one is never
+worth a refusal where it can be rebuilt: `load_previous_index` warns and
+returns None, and the update rebuilds it.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -29,10 +35,13 @@ from .embedders import EmbedderInfo
 from .extract import Embeddings
 from .storage import (
     FORMAT_VERSION,
-    ArtifactError,
+    DamagedStateError,
+    DamagedStateWarning,
     atomic_path,
     exclusive,
     fresh_name,
+    index_advice,
+    one_line,
     read_json,
     remove_stale,
     write_json,
@@ -255,31 +264,85 @@ def _save_index(search_index: SearchIndex, directory: Path) -> list[Path]:
 
 
 def load_index(directory: str | os.PathLike) -> SearchIndex:
-    """Read what `save_index` wrote, checking that the index and its metadata agree."""
+    """Read what `save_index` wrote, checking that the index and its metadata agree.
+
+    Any damage (metadata missing, not JSON or not shaped as ours; an index file
+    missing, unreadable, or holding other vectors than the metadata lists)
+    raises `DamagedStateError`, one line that names the file and says the
+    command that rebuilds the index from the embeddings.
+    """
     directory = Path(directory)
-    metadata = read_json(directory / METADATA_FILE, kind="index")
-    index_path = directory / metadata["index_file"]
+    path = directory / METADATA_FILE
+    metadata = read_json(path, kind="index")
+    advice = index_advice(directory)
+    try:
+        factory, index_name, embedder, image_root, ids, paths, sha256 = _parse_metadata(metadata)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as error:
+        detail = f"no {one_line(error.args[0])!r} entry" if isinstance(error, KeyError) else one_line(error)[:200]
+        damage = f"{path} is damaged (not index metadata as this code writes it: {detail})"
+        raise DamagedStateError(damage, advice) from error
+    index_path = directory / index_name
     if not index_path.is_file():
-        raise ArtifactError(f"{index_path}, named by {METADATA_FILE}, is missing: build the index again")
+        raise DamagedStateError(f"{index_path}, named by {METADATA_FILE}, is missing", advice)
     try:
         index = faiss.read_index(str(index_path))
     except RuntimeError as error:
-        raise ArtifactError(f"{index_path} is not a readable FAISS index ({error}); build the index again") from error
-    embedder = EmbedderInfo.from_dict(metadata["embedder"])
-    ids, paths, sha256 = (list(column) for column in zip(*metadata["items"])) if metadata["items"] else ([], [], [])
+        damage = f"{index_path} is damaged (not a readable FAISS index: {_faiss_reason(error)})"
+        raise DamagedStateError(damage, advice) from error
     if index.ntotal != len(ids) or index.d != embedder.dim:
-        raise ArtifactError(
-            f"{index_path} holds {index.ntotal} vectors of {index.d} dimensions, but its metadata "
-            f"lists {len(ids)} images of {embedder.dim}; the files come from different saves: build the index again"
+        raise DamagedStateError(
+            f"{index_path} is damaged (it holds {index.ntotal} vectors, {index.d}-d, but {METADATA_FILE} lists "
+            f"{len(ids)} images, {embedder.dim}-d: the two come from different saves, or one was changed)",
+            advice,
         )
     ivf = _ivf_of(index)
     if ivf is not None:
         ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
-    return SearchIndex(index, ids, paths, sha256, embedder, metadata["factory"], metadata["image_root"])
+    return SearchIndex(index, ids, paths, sha256, embedder, factory, image_root)
 
 
 def load_previous_index(directory: str | os.PathLike) -> SearchIndex | None:
-    """The index saved in `directory`, or None where nothing was saved yet (a first run)."""
+    """The index saved in `directory`, or None where nothing was saved yet (a first run) or it is damaged.
+
+    A damaged index is rebuilt from the embeddings by the update it was loaded
+    for (`build_index` without `previous`): a `DamagedStateWarning` says what was
+    damaged. Only an index of a newer format is refused (`ArtifactError`).
+    """
     if not (Path(directory) / METADATA_FILE).exists():
         return None
-    return load_index(directory)
+    try:
+        return load_index(directory)
+    except DamagedStateError as error:
+        warnings.warn(DamagedStateWarning(f"{error.damage}; the index is rebuilt from the embeddings"), stacklevel=2)
+        return None
+
+
+def _parse_metadata(metadata: dict) -> tuple[str, str, EmbedderInfo, str, list[int], list[str], list[str]]:
+    """The factory, index file name, embedder, image root, ids, paths and hashes of an index's metadata;
+    a KeyError, TypeError or ValueError (whose text says what) where it is not shaped as ours."""
+    factory, index_name, image_root = metadata["factory"], metadata["index_file"], metadata["image_root"]
+    if not (isinstance(factory, str) and isinstance(image_root, str)):
+        raise ValueError("its factory or image_root is not a string")
+    if not (isinstance(index_name, str) and index_name == Path(index_name).name and index_name not in ("", ".", "..")):
+        raise ValueError(f"its index_file {one_line(repr(index_name))[:80]} is not a file name")
+    embedder = EmbedderInfo.from_dict(metadata["embedder"])
+    items = metadata["items"]
+    for item in items:
+        if not (
+            type(item) is list and len(item) == 3 and type(item[0]) is int and type(item[1]) is str
+            and type(item[2]) is str
+        ):
+            raise ValueError(f"an image entry {one_line(repr(item))[:80]} is not [id, path, sha256]")
+    ids, paths, sha256 = (list(column) for column in zip(*items)) if items else ([], [], [])
+    count = metadata["count"]
+    if type(count) is not int or count != len(items):
+        raise ValueError(f"its count {one_line(repr(count))[:40]} is not the {len(items)} images it lists")
+    if len(set(ids)) != len(ids) or len(set(paths)) != len(paths):
+        raise ValueError("it lists an image id or a path twice")
+    return factory, index_name, embedder, image_root, ids, paths, sha256
+
+
+def _faiss_reason(error: RuntimeError) -> str:
+    """What FAISS said, without the C++ function and source line it said it from."""
+    reason = re.sub(r"^Error in .*? at \S+:\d+: ", "", one_line(error))
+    return "truncated: it ends before the index does" if "read error" in reason else reason

@@ -6,13 +6,21 @@ metadata file that names them, atomically; that rename is the commit. A crash
 before it leaves the previous metadata pointing at the previous data files,
 which are only deleted after the commit. So saved state is always either the
 old or the new, never a mix. One run at a time updates a folder (`exclusive`).
+
+Saved state can still be damaged from outside: a hand edit, a bad copy, a
+file deleted. The readers then raise `DamagedStateError`, one line that names
+the file and says the command that repairs it, and the loaders the updating
+steps use (`extract.load_previous_embeddings`, `index.load_previous_index`)
+keep what can be trusted and say what they repair (`DamagedStateWarning`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
+import shlex
 import sys
 import tempfile
 from collections.abc import Collection, Iterator
@@ -55,6 +63,94 @@ class FolderBusyError(ArtifactError):
     """Another run (a process, or another call in this one) is extracting or saving into the same folder."""
 
 
+class DamagedStateError(ArtifactError):
+    """A saved file is missing or damaged. `damage` names it and says what is wrong; the message adds the repair."""
+
+    def __init__(self, damage: str, advice: str):
+        self.damage = damage
+        super().__init__(f"{damage}; {advice}")
+
+
+class DamagedStateWarning(UserWarning):
+    """Saved state was found damaged and is being repaired: an index rebuilt, vectors embedded again."""
+
+
+def one_line(text: object) -> str:
+    """`text` with every run of whitespace, newlines included, made one space: error messages are one line."""
+    return " ".join(str(text).split())
+
+
+def index_advice(folder: str | os.PathLike, verb: str = "rebuild") -> str:
+    """How to (re)build the index saved in `folder` from the embeddings beside it."""
+    folder = Path(folder)
+    if folder.name != "index":  # not the CLI's layout (artifacts/index): say it in Python
+        return f"{verb} the index from the embeddings with build_index, and save_index it into {folder}"
+    command = f"python -m imagesearch index --artifacts {shlex.quote(str(folder.parent))}"
+    return f"{verb} the index from the embeddings: {command} (or run notebook 02)"
+
+
+def embeddings_advice(
+    folder: str | os.PathLike, image_root: str | None = None, lost: str = "some", embedder: dict | None = None
+) -> str:
+    """How to embed again what the embeddings saved in `folder` lost, from the images under `image_root`.
+
+    `lost` is "some" (vectors are lost: only their images go through the model
+    again), "all" (the manifest is lost: every image does) or "nothing" (there
+    is nothing yet to lose). `embedder` (as `EmbedderInfo.to_dict` gives it) adds
+    the options that make the same model. Where `image_root` or `embedder` is
+    not given, it is what the folder's manifest or the index beside it
+    recorded, if either can say.
+    """
+    folder = Path(folder)
+    if image_root is None or embedder is None:
+        recorded_root, recorded_embedder = _recorded(folder)
+        image_root, embedder = image_root or recorded_root, embedder or recorded_embedder
+    images = shlex.quote(image_root) if image_root else "<the image folder>"
+    if folder.name != "embeddings":  # not the CLI's layout (artifacts/embeddings): say it in Python
+        command = (
+            f"extract_embeddings({images}, embedder, previous=load_previous_embeddings(folder), "
+            f"checkpoint_dir=folder), then save_embeddings it into {folder}"
+        )
+    else:
+        options = f"--images {images} --artifacts {shlex.quote(str(folder.parent))}{_model_options(embedder or {})}"
+        command = f"python -m imagesearch extract {options} (or run notebook 01)"
+    if lost == "nothing":
+        return f"embed the images: {command}"
+    if lost == "all":
+        return f"embed the images again: {command}; without a readable manifest, every image goes through the model"
+    return f"re-embed the lost images: {command}; only the images whose vectors are lost go through the model"
+
+
+def _model_options(embedder: dict) -> str:
+    """The command-line options beyond the defaults (ResNet50, ImageNet) that make the model `embedder` describes."""
+    backbone, weights = str(embedder.get("backbone", "resnet50")), str(embedder.get("weights", "imagenet"))
+    if backbone.startswith("tflite:"):
+        return f" --backbone tflite --weights <the model file {backbone.removeprefix('tflite:')}>"
+    if weights.startswith("file:"):
+        return f" --weights <the weights file {weights.removeprefix('file:').rsplit('@', 1)[0]}>"
+    if random := re.fullmatch(r"random\(seed=(-?\d+)\)", weights):
+        return " --weights random" + (f" --seed {random[1]}" if random[1] != "0" else "")
+    return ""
+
+
+def _recorded(folder: Path) -> tuple[str | None, dict | None]:
+    """The image folder the embeddings in `folder` were made from, and the embedder, as their manifest or the
+    index beside them recorded them; None where neither can say. Only for advice: what is wrong here is reported
+    by whoever reads these files for real."""
+    candidates = [folder / "manifest.json"]  # extract.MANIFEST_FILE
+    if folder.name == "embeddings":
+        candidates.append(index_dir(folder.parent) / "index.json")  # index.METADATA_FILE
+    for path in candidates:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            root, embedder = data.get("image_root"), data.get("embedder")
+        except (OSError, ValueError, AttributeError, RecursionError):
+            continue
+        if isinstance(root, str) and root:
+            return root, embedder if isinstance(embedder, dict) else None
+    return None, None
+
+
 @contextmanager
 def exclusive(directory: str | os.PathLike) -> Iterator[None]:
     """Hold `directory`'s lock for the block, or raise `FolderBusyError` at once if another run holds it.
@@ -85,6 +181,14 @@ def exclusive(directory: str | os.PathLike) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def check_not_busy(directory: str | os.PathLike) -> None:
+    """Raise `FolderBusyError` now if another run holds `directory`'s lock: a quick answer before slow set-up
+    (loading a model). The run itself takes the lock later (`exclusive`), which is what guards the folder."""
+    if Path(directory).is_dir():
+        with exclusive(directory):
+            pass
 
 
 @contextmanager
@@ -135,22 +239,46 @@ def write_json(path: str | os.PathLike, data: dict) -> None:
 
 
 def read_json(path: str | os.PathLike, kind: str) -> dict:
-    """Read a metadata file written by `write_json` and check that it is a `kind` file of our format."""
+    """Read a metadata file written by `write_json` and check that it is a `kind` file of our format.
+
+    `kind` is "embeddings" (a manifest) or "index". A file that is missing, not
+    JSON, or not a `kind` file of a format this code reads raises
+    `DamagedStateError`, whose message says the command that writes it again;
+    one of a newer format raises `ArtifactError` (it is not damaged: this code
+    is older). What is inside is the caller's to check.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise ArtifactError(f"{path} is missing: run the step that writes the {kind} first")
-    data = json.loads(path.read_text(encoding="utf-8"))
-    version = data.get("format_version")
-    if (
-        data.get("kind") != kind
-        or not isinstance(version, int)
-        or not OLDEST_READABLE_VERSION <= version <= FORMAT_VERSION
-    ):
-        # Saved state is a cache of the images: rebuilding it is always possible.
+
+    def damaged(problem: str) -> DamagedStateError:
+        if kind == "index":
+            advice = index_advice(path.parent, "build" if problem == "is missing" else "rebuild")
+        else:
+            advice = embeddings_advice(path.parent, lost="nothing" if problem == "is missing" else "all")
+        return DamagedStateError(f"{path} {problem}", advice)
+
+    if not path.exists():
+        raise damaged("is missing")
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except IsADirectoryError:
+        raise damaged("is damaged (a folder, not a file)") from None
+    except OSError as error:  # no permission, a disk error: not for us to repair
+        raise ArtifactError(f"{path} cannot be read ({one_line(error)}); check the file and its permissions") from error
+    except (ValueError, RecursionError) as error:  # JSONDecodeError, UnicodeDecodeError, absurd nesting
+        raise damaged(f"is damaged (not JSON: {one_line(error)})") from error
+    if not isinstance(data, dict):
+        raise damaged(f"is damaged (JSON, but a {type(data).__name__}, not an object)")
+    found_kind, version = data.get("kind"), data.get("format_version")
+    readable_version = isinstance(version, int) and not isinstance(version, bool)
+    if found_kind == kind and readable_version and version > FORMAT_VERSION:
         raise ArtifactError(
-            f"{path} is not a {kind} file of format version {OLDEST_READABLE_VERSION} to {FORMAT_VERSION} "
-            f"(found kind={data.get('kind')!r}, version={data.get('format_version')!r}); "
-            f"rebuild the {kind} with this version of the code"
+            f"{path} is of format version {version}, newer than this code reads "
+            f"({OLDEST_READABLE_VERSION} to {FORMAT_VERSION}); update the code, or use another artifacts folder"
+        )
+    if found_kind != kind or not readable_version or not OLDEST_READABLE_VERSION <= version <= FORMAT_VERSION:
+        raise damaged(
+            f"is damaged (not a {kind} file of format version {OLDEST_READABLE_VERSION} to {FORMAT_VERSION}: "
+            f"found kind={one_line(repr(found_kind))[:40]}, version={one_line(repr(version))[:40]})"
         )
     return data
 

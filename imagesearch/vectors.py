@@ -16,13 +16,14 @@ so pages read for one chunk do not stay resident.
 from __future__ import annotations
 
 import os
+import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .storage import ArtifactError
+from .storage import ArtifactError, DamagedStateError, embeddings_advice, one_line
 
 #: Rows read or written per step: 8 MiB of 2048-d float32 vectors.
 CHUNK_ROWS = 1024
@@ -64,6 +65,17 @@ class FileSource:
                 f"{self.path} is gone: the folder was saved over since these embeddings were loaded; "
                 "load them again, or run the step again"
             ) from None
+        except (ValueError, OSError, KeyError, EOFError, zipfile.BadZipFile) as error:  # damaged since it was checked
+            if self.key is not None:
+                # Only a cache of an unsaved run, and one the next run would take again: deleted, so that it does not.
+                self.path.unlink(missing_ok=True)
+                raise ArtifactError(
+                    f"{self.path}, a journaled batch of an unsaved run, was damaged ({one_line(error)}) and is "
+                    "deleted; extract again: its images are embedded again"
+                ) from error
+            raise DamagedStateError(
+                f"{self.path} is damaged ({one_line(error)})", embeddings_advice(self.path.parent)
+            ) from error
 
 
 Source = ArraySource | FileSource
@@ -149,8 +161,25 @@ def write_shard(path: str | os.PathLike, store: VectorStore, rows: np.ndarray) -
             file.write(store.take(rows[start : start + CHUNK_ROWS]).tobytes())
 
 
+def shard_damage(path: Path, expected: tuple[int, int] | None = None) -> str | None:
+    """What is wrong with a saved shard that should hold `expected` (rows, dim) float32 vectors, or None if nothing.
+
+    Only the `.npy` header is read, and the file's size checked against the
+    data it declares. The answer follows the file's name: "is missing", "is
+    damaged (truncated: …)".
+    """
+    return _inspect(path, expected)[0]
+
+
 def shard_shape(path: Path) -> tuple[tuple[int, ...], np.dtype]:
-    """The shape and dtype a `.npy` file's header declares, and check that its data is all there."""
+    """The shape and dtype a saved shard's header declares; raise `DamagedStateError` if its data is not all there."""
+    problem, shape, dtype = _inspect(path)
+    if problem is not None:
+        raise DamagedStateError(f"{path} {problem}", embeddings_advice(path.parent))
+    return shape, dtype
+
+
+def _inspect(path: Path, expected: tuple[int, int] | None = None) -> tuple[str | None, tuple[int, ...], np.dtype]:
     try:
         with open(path, "rb") as file:
             version = np.lib.format.read_magic(file)
@@ -159,11 +188,22 @@ def shard_shape(path: Path) -> tuple[tuple[int, ...], np.dtype]:
             )
             shape, _, dtype = read_header(file)
             data_bytes = os.fstat(file.fileno()).st_size - file.tell()
-    except (ValueError, OSError) as error:
-        raise ArtifactError(f"{path} is not a readable vectors file ({error}); extract the embeddings again") from error
-    if data_bytes != int(np.prod(shape)) * dtype.itemsize:
-        raise ArtifactError(
-            f"{path} declares {shape} {dtype} but holds {data_bytes} bytes of data: it is truncated or was changed; "
-            "extract the embeddings again"
+    except FileNotFoundError:
+        return "is missing", (), np.dtype(np.float32)
+    except IsADirectoryError:
+        return "is damaged (a folder, not a file)", (), np.dtype(np.float32)
+    except (ValueError, TypeError, SyntaxError, EOFError, OSError) as error:
+        return f"is damaged (not a readable .npy file: {one_line(error)})", (), np.dtype(np.float32)
+    shape = tuple(shape)
+    declared = int(np.prod(shape)) * dtype.itemsize
+    if data_bytes != declared:
+        how = "truncated" if data_bytes < declared else "longer than it should be"
+        problem = f"is damaged ({how}: its header declares {shape} {dtype}, {declared} bytes, but it has {data_bytes})"
+        return problem, shape, dtype
+    if expected is not None and (shape != tuple(expected) or dtype != np.float32):
+        problem = (
+            f"is damaged (it holds {shape} {dtype}, but the manifest describes {tuple(expected)} float32: "
+            "the files come from different saves, or it was changed)"
         )
-    return shape, dtype
+        return problem, shape, dtype
+    return None, shape, dtype

@@ -130,7 +130,7 @@ def test_save_then_load_embeddings_gives_back_the_same_embeddings(tmp_path, mess
 def test_load_embeddings_with_wrong_row_count_raises_artifact_error(saved):
     (shard,) = shard_files(saved)
     np.save(shard, np.load(shard)[:-1])
-    with pytest.raises(ArtifactError, match="extract the embeddings again"):
+    with pytest.raises(ArtifactError, match="re-embed the lost images"):
         load_embeddings(saved)
 
 
@@ -155,7 +155,7 @@ def test_load_embeddings_of_another_format_or_kind_raises_artifact_error(saved, 
 def test_load_embeddings_without_its_vectors_file_raises_artifact_error(saved):
     (shard,) = shard_files(saved)
     shard.unlink()
-    with pytest.raises(ArtifactError, match="extract the embeddings again"):
+    with pytest.raises(ArtifactError, match="re-embed the lost images"):
         load_embeddings(saved)
 
 

@@ -214,7 +214,7 @@ def test_load_index_with_metadata_listing_another_number_of_images_raises_artifa
     metadata = json.loads((tmp_path / METADATA_FILE).read_text())
     metadata["items"] = metadata["items"][:-1]
     (tmp_path / METADATA_FILE).write_text(json.dumps(metadata))
-    with pytest.raises(ArtifactError, match="build the index again"):
+    with pytest.raises(ArtifactError, match="rebuild the index from the embeddings"):
         load_index(tmp_path)
 
 
