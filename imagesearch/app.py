@@ -86,7 +86,6 @@ class SearchApp:
         return html.unescape(self.status.value)
 
     def _show(self, query: ImageSource | None, query_title: str, status: str) -> None:
-        self.status.value = html.escape(status)
         shown = [] if query is None else [(query, query_title, True)]
         shown += [(self.image_root / hit.path, caption(hit, width=40), False) for hit in self.hits]
         for tile, item in zip(self.tiles, shown + [None] * (len(self.tiles) - len(shown))):
@@ -94,6 +93,8 @@ class SearchApp:
                 tile.show(*item)
             else:
                 tile.hide()
+        # Last: the browser applies updates in order, and the status must not announce results before they show.
+        self.status.value = html.escape(status)
 
     def _on_upload(self, change) -> None:
         if not change["new"]:

@@ -15,9 +15,10 @@ from .embedders import make_embedder
 from .errors import UserFacingError
 from .evaluate import evaluate, self_check
 from .extract import SKIPPED_FILE, extract_embeddings, load_embeddings, load_previous_embeddings, save_embeddings
+from .images import open_rgb
 from .index import SearchIndex, build_index, load_index, load_previous_index, save_index
 from .query import search_image, search_indexed
-from .storage import embeddings_dir, exclusive, index_dir
+from .storage import check_not_busy, embeddings_dir, exclusive, index_dir
 
 #: Skipped files listed on the console; all of them are in skipped.csv.
 SKIPS_SHOWN = 20
@@ -51,6 +52,7 @@ def extract(args: argparse.Namespace) -> int:
     """Embed the images into the artifacts' embeddings folder, only what changed since the last run."""
     if not Path(args.images).is_dir():  # before the model loads, which takes seconds
         raise FileNotFoundError(f"image folder {args.images} does not exist; pass --images FOLDER")
+    check_not_busy(embeddings_dir(args.artifacts))  # likewise
     embedder = make_embedder(args.backbone, args.weights, seed=args.seed, precision=args.precision)
     print(f"Embedding {args.images} with {embedder.info}")
     folder = embeddings_dir(args.artifacts)
@@ -94,6 +96,7 @@ def _update_index(args: argparse.Namespace) -> SearchIndex:
 def query(args: argparse.Namespace) -> int:
     """Print the k nearest indexed images of one image file."""
     search_index = load_index(index_dir(args.artifacts))
+    open_rgb(args.image)  # a file that is no image is reported before the model loads, which takes seconds
     embedder = make_embedder(args.backbone, args.weights, seed=args.seed)
     for hit in search_image(search_index, embedder, args.image, args.k):
         print(f"{hit.rank + 1:3d}  {hit.distance:12.4f}  {hit.path}")

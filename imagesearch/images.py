@@ -180,8 +180,10 @@ def open_rgb(
         if isinstance(source, (bytes, bytearray)):
             source = io.BytesIO(source)
         elif isinstance(source, (str, os.PathLike)):
+            if os.path.isdir(source):
+                raise ImageLoadError(name, "a folder, not an image file")
             if os.path.exists(source) and not os.path.isfile(source):
-                raise ImageLoadError(name, "not a regular file")  # a pipe would block, a folder is no image
+                raise ImageLoadError(name, "not a regular file (a pipe or a device)")  # reading one could block
             source = opened = open(source, "rb")
     except OSError as error:  # missing, a dangling link, permissions, an I/O error
         raise ImageLoadError(name, unreadable_reason(source, error)) from error

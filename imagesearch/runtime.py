@@ -83,15 +83,22 @@ def startup_lines_filtered() -> Iterator[None]:
 
 
 def versions() -> str:
-    """The versions this runs on, in one line: "Python 3.11.7, TensorFlow 2.21.0, Keras 3.15.1, FAISS …"."""
-    import faiss
-    import numpy
-    import PIL
+    """The versions this runs on, in one line: "Python 3.11.7, TensorFlow 2.21.0, Keras 3.15.1, FAISS …".
 
-    tf = import_tensorflow()
-    import keras
+    Read from the installed packages' metadata: nothing is imported, so this is instant and silent.
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(*names: str) -> str:
+        for name in names:
+            try:
+                return version(name)
+            except PackageNotFoundError:
+                continue
+        return "not installed"
 
     return (
-        f"Python {sys.version.split()[0]}, TensorFlow {tf.__version__}, Keras {keras.__version__}, "
-        f"FAISS {faiss.__version__}, NumPy {numpy.__version__}, Pillow {PIL.__version__}"
+        f"Python {sys.version.split()[0]}, TensorFlow {installed('tensorflow', 'tensorflow-cpu')}, "
+        f"Keras {installed('keras')}, FAISS {installed('faiss-cpu', 'faiss')}, NumPy {installed('numpy')}, "
+        f"Pillow {installed('pillow')}"
     )

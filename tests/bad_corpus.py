@@ -1,6 +1,8 @@
-"""A folder of tricky files, each with what extraction must do with it: embed it, or skip it with a reason.
+"""A folder of tricky files, each with what extraction must do with it: embed it, skip it with a reason, or ignore it.
 
-Every file is generated here with Pillow, numpy or raw bytes; `make_bad_corpus(root)` writes them all.
+Every file is generated here with Pillow, numpy or raw bytes; `make_bad_corpus(root)` writes them all. Two of
+them are in a format this module defines (`exploding_format`), whose opener and decoder raise exception classes
+no decoder author would catch; they count as images only while that format is registered.
 """
 
 from __future__ import annotations
@@ -10,13 +12,14 @@ import itertools
 import os
 import struct
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from PIL import Image
+from PIL import EpsImagePlugin, Image, ImageFile
 
 RED, BLUE = (255, 0, 0), (0, 0, 255)
 
@@ -40,8 +43,11 @@ class Expectation:
 
 
 def make_bad_corpus(root: Path) -> dict[str, Expectation]:
-    """Write every case under `root`; return the expectation per relative POSIX path."""
+    """Write every case under `root`, and the files a scan must ignore; return the expectation per image path."""
     for path, (write, _) in CASES.items():
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        write(root / path)
+    for path, write in IGNORED_FILES.items():
         (root / path).parent.mkdir(parents=True, exist_ok=True)
         write(root / path)
     return EXPECTATIONS
@@ -139,6 +145,92 @@ def locked(path: Path) -> None:
     path.chmod(0)
 
 
+def tiff_with_tag(tag: int, value: int, field: Literal["type", "count"] = "type") -> Writer:
+    """A small RGB TIFF whose entry for `tag` has its compression value or data count replaced by `value`."""
+
+    def write(path: Path) -> None:
+        from PIL import TiffImagePlugin
+
+        directory = TiffImagePlugin.ImageFileDirectory_v2()
+        directory[270] = "a description long enough to be stored outside the entry"  # tag 270, out of line
+        data = bytearray(encoded(noise(), "TIFF", compression="tiff_adobe_deflate", tiffinfo=directory))
+        offset = struct.unpack("<I", data[4:8])[0]
+        for number in range(struct.unpack("<H", data[offset : offset + 2])[0]):
+            entry = offset + 2 + 12 * number
+            if struct.unpack("<H", data[entry : entry + 2])[0] == tag:
+                if field == "count":
+                    data[entry + 4 : entry + 8] = struct.pack("<I", value)
+                else:
+                    data[entry + 8 : entry + 10] = struct.pack("<H", value)
+        path.write_bytes(bytes(data))
+
+    return write
+
+
+def seven_samples_tiff(path: Path) -> None:
+    """A TIFF of 7 samples per pixel: Pillow knows TIFF, but not how to decode that many samples."""
+    pixels = np.random.default_rng(0).integers(0, 256, (10, 10, 7), dtype=np.uint8)
+    entries = [(256, 3, 1, 10), (257, 3, 1, 10), (258, 3, 7, 0), (259, 3, 1, 1), (262, 3, 1, 1),
+               (273, 4, 1, 0), (277, 3, 1, 7), (278, 3, 1, 10), (279, 4, 1, pixels.size)]
+    header = 8
+    ifd_size = 2 + 12 * len(entries) + 4
+    bits_at = header + ifd_size
+    data_at = bits_at + 2 * 7
+    ifd = struct.pack("<H", len(entries))
+    for tag, kind, count, value in entries:
+        value = {258: bits_at, 273: data_at}.get(tag, value)
+        ifd += struct.pack("<HHI", tag, kind, count) + (struct.pack("<HH", value, 0) if kind == 3 and count == 1
+                                                        else struct.pack("<I", value))
+    path.write_bytes(b"II*\0" + struct.pack("<I", header) + ifd + b"\0\0\0\0" + struct.pack("<7H", *[8] * 7)
+                     + pixels.tobytes())
+
+
+def dds_of_unknown_pixel_format(path: Path) -> None:
+    """A DDS texture whose FourCC names no pixel format Pillow implements: it raises NotImplementedError."""
+    header = struct.pack("<7I", 124, 0x1007, 4, 4, 0, 0, 0) + bytes(44)
+    pixel_format = struct.pack("<2I", 32, 0x4) + b"ZZZZ" + bytes(20)
+    path.write_bytes(b"DDS " + header + pixel_format + struct.pack("<4I", 0x1000, 0, 0, 0) + bytes(4) + bytes(64))
+
+
+# A format of our own, registered only inside `exploding_format()`: its opener raises one exception class, its
+# decoder another, neither of which Pillow or any decoder author would think of catching.
+EXPLODING, EXPLODING_EXTENSION = "EXPLODING", ".explode"
+
+
+class Kaboom(Exception):
+    """An exception class no code but this module knows."""
+
+
+class ExplodingImageFile(ImageFile.ImageFile):
+    format, format_description = EXPLODING, "a test format whose opener or decoder raises"
+
+    def _open(self) -> None:
+        if self.fp.read(9) == b"EXPLODE:O":
+            raise Kaboom("the opener blew up")
+        self._size, self._mode = (8, 8), "RGB"
+
+    def load(self):
+        raise ZeroDivisionError("the decoder divided by zero")
+
+
+@contextmanager
+def exploding_format() -> Iterator[None]:
+    """Register the EXPLODING format (files `*.explode`) for the block, and remove every trace of it after."""
+    Image.register_open(EXPLODING, ExplodingImageFile, lambda prefix: prefix[:8] == b"EXPLODE:")
+    Image.register_extension(EXPLODING, EXPLODING_EXTENSION)
+    try:
+        yield
+    finally:
+        Image.OPEN.pop(EXPLODING, None)
+        Image.EXTENSION.pop(EXPLODING_EXTENSION, None)
+        if EXPLODING in Image.ID:
+            Image.ID.remove(EXPLODING)
+
+
+def eps(path: Path) -> None:
+    noise().save(path, "EPS")
+
+
 # --- the cases -----------------------------------------------------------------------------------
 
 ROOT = os.geteuid() == 0
@@ -191,7 +283,48 @@ CASES: dict[str, tuple[Writer, Expectation]] = {
         ("folder.jpg/inside.png", EMBEDDED, "a folder named like an image is walked, not read", saved(noise), ""),
         ("locked.jpg", EMBEDDED if ROOT else SKIPPED,
          "chmod 000: root reads it anyway, so embedded as root and skipped otherwise", locked, ""),
+        # Formats beyond the usual eight, each one that Pillow decodes.
+        *[(f"formats/photo{ending}", EMBEDDED, f"{name}, a format Pillow decodes", saved(noise, format=name), "")
+          for ending, name in [(".tga", "TGA"), (".pcx", "PCX"), (".ppm", "PPM"), (".sgi", "SGI"), (".ico", "ICO"),
+                               (".jp2", "JPEG2000"), (".avif", "AVIF"), (".qoi", "QOI"), (".dds", "DDS"),
+                               (".JFIF", "JPEG"), (".dib", "DIB")]],
+        ("formats/photo.xbm", EMBEDDED, "a 1-bit XBM", saved(lambda: noise().convert("1"), format="XBM"), ""),
+        ("warned/long tag.tif", EMBEDDED, "a tag's data runs past the end of the file: Pillow warns, then decodes",
+         tiff_with_tag(270, 10**6, "count"), ""),
+        # Files Pillow recognises but cannot decode: skipped with the cause in words.
+        ("unreadable/texture.dds", SKIPPED, "DDS of a pixel format Pillow does not implement (NotImplementedError)",
+         dds_of_unknown_pixel_format, "does not implement the variant of this DDS file"),
+        ("unreadable/texture renamed.png", SKIPPED, "the same DDS named .png: read by content, skipped all the same",
+         dds_of_unknown_pixel_format, "does not implement the variant of this DDS file"),
+        ("unreadable/webp inside.tif", SKIPPED, "TIFF whose compression (WEBP) this libtiff lacks: libtiff says so",
+         tiff_with_tag(259, 50001), "WEBP compression support is not configured"),
+        ("unreadable/seven samples.tif", SKIPPED, "TIFF of 7 samples per pixel: Pillow logs why, fails anonymously",
+         seven_samples_tiff, "More samples per pixel than can be decoded"),
+        ("unreadable/drawing.eps", EMBEDDED if EpsImagePlugin.has_ghostscript() else SKIPPED,
+         "EPS, which Pillow draws with Ghostscript: embedded where it is installed, skipped where not", eps,
+         "" if EpsImagePlugin.has_ghostscript() else "needs Ghostscript"),
+        ("unreadable/opener raises" + EXPLODING_EXTENSION, SKIPPED, "an opener raising an exception class of its own",
+         lambda path: path.write_bytes(b"EXPLODE:O"), "Kaboom: the opener blew up"),
+        ("unreadable/decoder raises" + EXPLODING_EXTENSION, SKIPPED, "a decoder raising ZeroDivisionError",
+         lambda path: path.write_bytes(b"EXPLODE:D"), "ZeroDivisionError: the decoder divided by zero"),
     ]
+}
+
+#: Files that are not images by their name: a scan leaves them out and counts them, by why and ending.
+IGNORED_FILES: dict[str, Writer] = {
+    "notes.txt": lambda path: path.write_text("not a photo"),
+    "clips/holiday.mp4": lambda path: path.write_bytes(bytes(64)),
+    "README": lambda path: path.write_text("no extension at all"),
+    "phone/IMG_0001.HEIC": lambda path: path.write_bytes(bytes(64)),  # an image format Pillow cannot read alone
+    ".DS_Store": lambda path: path.write_bytes(bytes(8)),  # hidden file
+    ".git/config": lambda path: path.write_text("[core]"),  # inside a hidden folder: the folder counts once
+}
+
+#: What a scan of the corpus must count as ignored, (why, ending) -> files. `loop/parent` links to a folder.
+IGNORED_COUNTS = {
+    ("not an image", ".txt"): 1, ("not an image", ".mp4"): 1, ("not an image", ""): 1,
+    ("unsupported image format", ".heic"): 1, ("hidden", "file"): 1, ("hidden", "folder"): 1,
+    ("linked folder", "folder"): 1,
 }
 
 EXPECTATIONS: dict[str, Expectation] = {path: expectation for path, (_, expectation) in CASES.items()}

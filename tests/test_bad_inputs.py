@@ -1,8 +1,13 @@
-"""Every bad input handled: each file of the tricky corpus is embedded or skipped with a reason, in bounded memory."""
+"""Every bad input handled: each file of the tricky corpus is embedded, skipped with a reason, or ignored and counted.
+
+Memory stays bounded, one file's exception of any class never stops a run, and what Pillow and libtiff say
+about a file ends up in its reason or a count, not on the console.
+"""
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -14,6 +19,7 @@ from typing import NamedTuple
 import numpy as np
 import pytest
 
+from imagesearch import cli
 from imagesearch.extract import Embeddings, extract_embeddings
 from imagesearch.images import load_image
 
@@ -23,9 +29,11 @@ from bad_corpus import (
     EXPECTATIONS,
     FIFO,
     HUGE_JPEG,
+    IGNORED_COUNTS,
     NOT_AN_IMAGE,
     UPRIGHT_TWIN,
     ZEROS,
+    exploding_format,
     make_bad_corpus,
 )
 
@@ -81,7 +89,7 @@ class Extraction(NamedTuple):
 def extraction(tmp_path_factory, random_resnet) -> Extraction:
     root = tmp_path_factory.mktemp("bad_corpus")
     make_bad_corpus(root)
-    with fifo_released(root / FIFO) as opened:
+    with fifo_released(root / FIFO) as opened, exploding_format():
         result = extract_embeddings(root, random_resnet, batch_size=4, progress=False)
     return Extraction(root, result, bool(opened))
 
@@ -99,6 +107,51 @@ def test_corpus_file_is_embedded_or_skipped_with_a_reason(extraction, path):
     if outcome == "skipped":
         assert reason.strip()
         assert expected.reason in reason
+
+
+def test_every_file_under_the_folder_is_embedded_skipped_or_ignored_and_counted(extraction):
+    files, folders_left_out = 0, 0  # counted independently of the code under test
+    for folder, subfolders, names in os.walk(extraction.root):
+        left_out = [name for name in subfolders if name.startswith(".") or os.path.islink(os.path.join(folder, name))]
+        folders_left_out += len(left_out)
+        subfolders[:] = [name for name in subfolders if name not in left_out]
+        files += len(names)
+    changes = extraction.result.changes
+    assert changes.ignored == IGNORED_COUNTS
+    ignored_files = sum(count for (_, kind), count in changes.ignored.items() if kind != "folder")
+    ignored_folders = sum(count for (_, kind), count in changes.ignored.items() if kind == "folder")
+    assert len(extraction.result.items) + len(extraction.result.skipped) + ignored_files == files
+    assert ignored_folders == folders_left_out
+    assert changes.ignored_summary() == (
+        "7 others ignored: 3 not images by their extension (no extension, .mp4, .txt), 1 in an image format Pillow "
+        "cannot read (.heic), 2 hidden (1 file, 1 folder), 1 link to a folder, not followed"
+    )
+
+
+def test_a_warning_from_the_decoder_is_counted_with_the_file_it_concerns(extraction):
+    changes = extraction.result.changes
+    assert "warned/long tag.tif" in extraction.embedded_paths
+    assert changes.noted == 1
+    assert changes.note_example == "warned/long tag.tif: Tag data larger than file. Skipping tag 270"
+
+
+def test_the_command_line_run_over_the_corpus_exits_0_and_prints_each_skip_once_and_no_decoder_chatter(
+    extraction, tmp_path, capfd
+):
+    with fifo_released(extraction.root / FIFO), exploding_format():
+        status = cli.main(["extract", "--images", str(extraction.root), "--artifacts", str(tmp_path),
+                           "--weights", "random", "--batch-size", "8"])
+    out, err = capfd.readouterr()
+    assert status == 0, err
+    skipped = [skip.path for skip in extraction.result.skipped]
+    printed = [line.split("skipped ", 1)[1].rsplit(": ", 1)[0] for line in out.splitlines() if "  skipped " in line]
+    assert len(printed) == len(set(printed)) == len(skipped)  # each skip once (under 20: all listed)
+    assert "  7 others ignored: " in out
+    assert "  1 image decoded despite a warning and was embedded, e.g. warned/long tag.tif: " in out
+    # stderr: the progress bar and the random-weights warning. No libtiff line, no Pillow log record or warning, no
+    # traceback: what they said about the files is in the reasons above.
+    others = [line for line in re.split(r"[\r\n]", err) if line.strip() and not line.startswith("Embedding:")]
+    assert all(line.startswith("warning: ResNet50 uses randomly initialised weights") for line in others), err
 
 
 def test_vectors_are_finite_with_one_2048_wide_row_per_embedded_file(extraction):
