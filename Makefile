@@ -12,7 +12,7 @@ WEIGHTS ?= imagenet
 # The pretrained model that sits beside the project on our machines (see README: offline weights)
 SHARED_MODEL ?= ../shared/models/mobilenet_v1_1.0_224_quant_embedding_extractor.tflite
 
-.PHONY: install demo test lab notebooks figure benchmarks clean
+.PHONY: install browser demo test lab notebooks figure benchmarks clean
 
 install: $(VENV)/.installed
 
@@ -21,11 +21,24 @@ $(VENV)/.installed: requirements.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	touch $@
 
+# Debian's chromium, which tests/test_browser.py drives through Playwright (Playwright never downloads a browser here).
+CHROMIUM := /usr/bin/chromium
+
+browser:  ## Chromium for the browser tests: installed with apt-get when we are root, else they are skipped
+	@if [ -x $(CHROMIUM) ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "Installing Debian's chromium for the browser tests (apt-get)"; \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+		|| echo "apt-get could not install chromium: the browser tests will be skipped"; \
+	else \
+		echo "No $(CHROMIUM): the browser tests will be skipped (install it: sudo apt-get install -y chromium)"; \
+	fi
+
 demo: install  ## embed the images, build the index, check it, draw example queries
 	$(BIN)/python -m imagesearch build --images $(IMAGES) --artifacts $(ARTIFACTS) \
 		--backbone $(BACKBONE) --weights $(WEIGHTS)
 
-test: install  ## unit tests, then the notebooks end to end (nbval), offline
+test: install browser  ## unit tests, the notebooks end to end (nbval) and in a browser (JupyterLab), offline
 	$(BIN)/python -m pytest
 
 # The notebooks run in notebooks/: a weights file is passed as an absolute path, imagenet and random as they are.
