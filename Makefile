@@ -56,7 +56,7 @@ notebooks: install  ## re-run the notebooks and store their outputs as nbval's e
 
 figure: install  ## redraw the README's picture with the shared pretrained MobileNet
 	$(BIN)/python -m imagesearch build --backbone tflite --weights $(SHARED_MODEL) \
-		--artifacts $(ARTIFACTS)/figure -k 6 --example chelsea__rotate.jpg \
+		--artifacts $(ARTIFACTS)/figure -k 5 --example chelsea__rotate.jpg \
 		--example coffee__lighting.jpg --example camera__crop.jpg --example rocket__mirror.jpg
 	cp $(ARTIFACTS)/figure/example_queries.jpg docs/example_results.jpg
 

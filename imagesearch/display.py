@@ -64,7 +64,7 @@ def show_result_rows(
     first = 0
     for (query, hits, title), block in zip(rows, blocks):
         cells = axes[first : first + 1 + len(hits)]
-        _draw(cells[0], query, _short(title), color="tab:blue")
+        _draw(cells[0], query, _short(title, 30), color="tab:blue")
         for axis, hit in zip(cells[1:], hits):
             _draw(axis, Path(image_root) / hit.path, caption(hit))
         first += block * ncols
