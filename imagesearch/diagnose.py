@@ -93,6 +93,8 @@ class _PillowLogHandler(logging.Handler):
 
 def _install() -> None:
     global _installed
+    if _installed:  # every decode asks: once installed, no lock is taken
+        return
     with _install_lock:
         if _installed:
             return
