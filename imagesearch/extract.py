@@ -45,7 +45,14 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .embedders import Embedder, EmbedderInfo
-from .images import ImageLoadError, describe_ignored, load_image, scan_folder, unreadable_reason
+from .images import (
+    NOT_A_REGULAR_FILE,
+    ImageLoadError,
+    describe_ignored,
+    load_image,
+    scan_folder,
+    unreadable_reason,
+)
 from .storage import (
     FORMAT_VERSION,
     ArtifactError,
@@ -55,6 +62,7 @@ from .storage import (
     embeddings_advice,
     exclusive,
     fresh_name,
+    is_file_name,
     one_line,
     read_json,
     remove_stale,
@@ -484,7 +492,7 @@ def _read_image(path: Path, size: tuple[int, int], notes: list[str]) -> tuple[os
     """
     stat = path.stat()
     if not S_ISREG(stat.st_mode):  # a pipe or a device would block or never end
-        raise ImageLoadError(str(path), "not a regular file (a pipe or a device)")
+        raise ImageLoadError(str(path), NOT_A_REGULAR_FILE)
     if stat.st_size <= READ_WHOLE_LIMIT:
         data = path.read_bytes()
         return stat, hashlib.sha256(data).hexdigest(), load_image(data, size, notes)
@@ -719,7 +727,7 @@ def _parse_manifest(path: Path, manifest: dict) -> _Manifest:
         shards = [(shard["file"], shard["rows"]) for shard in manifest["shards"]]
         entries = manifest["items"]
     for name, rows in shards:
-        if not (isinstance(name, str) and name == Path(name).name and name not in ("", ".", "..")):
+        if not is_file_name(name):
             raise ValueError(f"a shard's file {one_line(repr(name))[:80]} is not a file name")
         if not (_is_int(rows) and rows >= 0):
             raise ValueError(f"a shard's row count {one_line(repr(rows))[:40]} is not a count")

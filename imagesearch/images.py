@@ -58,6 +58,10 @@ class ImageLoadError(UserFacingError, ValueError):
         self.reason = reason
 
 
+#: The reason for a pipe, a device or a socket: reading one could block for ever, so it is never opened.
+NOT_A_REGULAR_FILE = "not a regular file (a pipe or a device)"
+
+
 class DecodeWarning(UserWarning):
     """An image decoded, but Pillow or libtiff had something to say about it (a corrupt EXIF block, say)."""
 
@@ -183,7 +187,7 @@ def open_rgb(
             if os.path.isdir(source):
                 raise ImageLoadError(name, "a folder, not an image file")
             if os.path.exists(source) and not os.path.isfile(source):
-                raise ImageLoadError(name, "not a regular file (a pipe or a device)")  # reading one could block
+                raise ImageLoadError(name, NOT_A_REGULAR_FILE)
             source = opened = open(source, "rb")
     except OSError as error:  # missing, a dangling link, permissions, an I/O error
         raise ImageLoadError(name, unreadable_reason(source, error)) from error

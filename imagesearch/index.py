@@ -41,6 +41,7 @@ from .storage import (
     exclusive,
     fresh_name,
     index_advice,
+    is_file_name,
     one_line,
     read_json,
     remove_stale,
@@ -323,7 +324,7 @@ def _parse_metadata(metadata: dict) -> tuple[str, str, EmbedderInfo, str, list[i
     factory, index_name, image_root = metadata["factory"], metadata["index_file"], metadata["image_root"]
     if not (isinstance(factory, str) and isinstance(image_root, str)):
         raise ValueError("its factory or image_root is not a string")
-    if not (isinstance(index_name, str) and index_name == Path(index_name).name and index_name not in ("", ".", "..")):
+    if not is_file_name(index_name):
         raise ValueError(f"its index_file {one_line(repr(index_name))[:80]} is not a file name")
     embedder = EmbedderInfo.from_dict(metadata["embedder"])
     items = metadata["items"]

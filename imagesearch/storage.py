@@ -75,6 +75,11 @@ class DamagedStateWarning(UserWarning):
     """Saved state was found damaged and is being repaired: an index rebuilt, vectors embedded again."""
 
 
+def is_file_name(value: object) -> bool:
+    """Whether `value` is a plain file name (no folder, not "." or ".."): all that metadata may name as its data."""
+    return isinstance(value, str) and value == Path(value).name and value not in ("", ".", "..")
+
+
 def one_line(text: object) -> str:
     """`text` with every run of whitespace, newlines included, made one space: error messages are one line."""
     return " ".join(str(text).split())
