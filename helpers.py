@@ -1,7 +1,8 @@
 """The functions the notebooks call: one import for the whole reverse image search.
 
 The logic lives in the `imagesearch` package, one module per stage:
-images (list, load) -> embedders + extract (embed) -> index (build, save, load)
+images (list, load) -> plan (what to embed) -> embedders + extract (embed)
+-> collection (records and vectors, saved) -> index (build, save, load)
 -> query, display, app (answer and show). See README.md for the flow.
 """
 
@@ -20,17 +21,15 @@ from imagesearch.embedders import (
 )
 from imagesearch.errors import UserFacingError
 from imagesearch.evaluate import SelfCheck, evaluate, group_of, precision_at_k, self_check
-from imagesearch.extract import (
+from imagesearch.collection import (
     Changes,
     Embeddings,
-    ImageRecord,
-    Skipped,
-    extract_embeddings,
     load_embeddings,
     load_previous_embeddings,
     read_skipped,
     save_embeddings,
 )
+from imagesearch.extract import extract_embeddings
 from imagesearch.images import (
     DecodeWarning,
     FolderScan,
@@ -49,7 +48,9 @@ from imagesearch.index import (
     load_previous_index,
     save_index,
 )
+from imagesearch.plan import Listing, Plan, list_files, make_plan
 from imagesearch.query import EmbedderMismatchError, check_compatible, search_image, search_indexed
+from imagesearch.records import ImageRecord, Records, Skipped
 from imagesearch.runtime import versions
 from imagesearch.storage import ArtifactError, DamagedStateError, DamagedStateWarning, embeddings_dir, index_dir
 
@@ -68,6 +69,9 @@ __all__ = [
     "ImageLoadError",
     "ImageRecord",
     "IndexChanges",
+    "Listing",
+    "Plan",
+    "Records",
     "PrecisionUnavailableError",
     "RandomWeightsWarning",
     "ResNet50Embedder",
@@ -94,7 +98,9 @@ __all__ = [
     "load_previous_embeddings",
     "load_previous_index",
     "load_thumbnail",
+    "list_files",
     "make_embedder",
+    "make_plan",
     "plot_embedding_map",
     "precision_at_k",
     "read_skipped",

@@ -36,8 +36,9 @@ from benchmarks.common import (
     summary_context,
     timed,
 )
+from imagesearch.collection import save_embeddings
 from imagesearch.embedders import Embedder, RandomWeightsWarning, make_embedder
-from imagesearch.extract import extract_embeddings, save_embeddings
+from imagesearch.extract import extract_embeddings
 from imagesearch.images import list_images, load_image
 
 SMOKE_COUNT, SMOKE_BATCH = 8, 4
@@ -102,8 +103,7 @@ def pipeline(folder: Path, embedder: Embedder, batch_size: int) -> np.ndarray:
     """Extract with the journal on disk, save, and read the saved vectors back, into a fresh temporary folder."""
     with tempfile.TemporaryDirectory(prefix="imagesearch-benchmark-embeddings-") as out:
         embeddings = extract_embeddings(folder, embedder, batch_size, progress=False, checkpoint_dir=out)
-        save_embeddings(embeddings, out)
-        return embeddings.vectors
+        return save_embeddings(embeddings, out).vectors
 
 
 def agreement(results: dict[str, Result]) -> str:

@@ -39,11 +39,12 @@ from benchmarks.common import (
     summary_context,
     timed,
 )
+from imagesearch.collection import Embeddings
 from imagesearch.embedders import Embedder, RandomWeightsWarning, bfloat16_unavailable, make_embedder
 from imagesearch.evaluate import evaluate, neighbour_rows
-from imagesearch.extract import Embeddings, ImageRecord
 from imagesearch.images import list_images, load_image
 from imagesearch.index import SearchIndex, build_index
+from imagesearch.records import ImageRecord
 
 SMOKE_COUNT, SMOKE_BATCH = 8, 4
 K = 5
@@ -82,7 +83,7 @@ def time_embedders(
 
 def flat_index(vectors: np.ndarray, paths: list[str], embedder: Embedder, root: Path) -> SearchIndex:
     """An exact (Flat) index of `vectors`, row i being the image `paths[i]`."""
-    items = [ImageRecord(id=row, path=path, size=0, mtime_ns=0, sha256="") for row, path in enumerate(paths)]
+    items = [ImageRecord(id=row, path=path, size=0, mtime_ns=0, sha256=f"{row:064x}") for row, path in enumerate(paths)]
     embeddings = Embeddings(vectors, items, embedder.info, str(root))
     return build_index(embeddings, "Flat")
 

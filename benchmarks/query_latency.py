@@ -36,11 +36,12 @@ import keras
 import numpy as np
 
 from benchmarks.common import DEMO_IMAGES, code_version, load_average, machine_description, print_table, summary_context
+from imagesearch.collection import Embeddings, save_embeddings
 from imagesearch.embedders import Embedder, EmbedderInfo, RandomWeightsWarning, make_embedder
-from imagesearch.extract import Embeddings, ImageRecord
 from imagesearch.images import list_images, load_image
 from imagesearch.index import SearchIndex, build_index, load_index, save_index
 from imagesearch.query import search_image
+from imagesearch.records import ImageRecord
 
 TARGET = 0.5
 SEED, OURS = "seed path: decode + predict + search", "ours: search_image"
@@ -72,11 +73,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def synthetic_index(count: int, info: EmbedderInfo, folder: Path) -> SearchIndex:
-    """Build and save a Flat index of `count` seeded random normal vectors; return it loaded back, as queries see it."""
+    """Save `count` seeded random normal vectors as embeddings, build and save a Flat index of them (an index is
+    built from saved embeddings); return it loaded back, as queries see it."""
     vectors = np.random.default_rng(0).standard_normal((count, info.dim), dtype=np.float32)
     items = [ImageRecord(i, f"synthetic/{i:07d}.jpg", 0, 0, f"{i:064x}") for i in range(count)]
-    save_index(build_index(Embeddings(vectors, items, info, "synthetic"), "Flat"), folder)
-    return load_index(folder)
+    saved = save_embeddings(Embeddings(vectors, items, info, "synthetic"), folder / "embeddings")
+    save_index(build_index(saved, "Flat"), folder / "index")
+    return load_index(folder / "index")
 
 
 def seed_embed(model: keras.Model, images: np.ndarray) -> np.ndarray:

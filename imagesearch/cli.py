@@ -11,10 +11,11 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 
+from .collection import SKIPPED_FILE, load_embeddings, load_previous_embeddings, save_embeddings
 from .embedders import make_embedder
 from .errors import UserFacingError
 from .evaluate import evaluate, self_check
-from .extract import SKIPPED_FILE, extract_embeddings, load_embeddings, load_previous_embeddings, save_embeddings
+from .extract import extract_embeddings
 from .images import open_rgb
 from .index import SearchIndex, build_index, load_index, load_previous_index, save_index
 from .query import search_image, search_indexed
@@ -58,7 +59,7 @@ def extract(args: argparse.Namespace) -> int:
     folder = embeddings_dir(args.artifacts)
     previous = load_previous_embeddings(folder)
     embeddings = extract_embeddings(args.images, embedder, args.batch_size, previous=previous, checkpoint_dir=folder)
-    save_embeddings(embeddings, folder)
+    embeddings = save_embeddings(embeddings, folder)
     changes = embeddings.changes
     print(f"{embeddings.summary()}\n  this run: {changes.summary()}\n  {changes.ignored_summary()}")
     if notes := changes.notes_summary():
@@ -68,7 +69,7 @@ def extract(args: argparse.Namespace) -> int:
     if skipped := embeddings.skipped:
         more = f"… and {len(skipped) - SKIPS_SHOWN} more; " if len(skipped) > SKIPS_SHOWN else ""
         print(f"  {more}all {len(skipped)} skipped files, with their reasons, are in {folder / SKIPPED_FILE}")
-    if not embeddings.items:
+    if not len(embeddings):
         print("Nothing to index: no readable images were found.", file=sys.stderr)
         return 1
     return 0

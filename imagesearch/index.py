@@ -4,14 +4,21 @@ On disk (the folder notebook 02 writes and notebook 03 reads):
 
     index/
       index.json            the commit record: format version, FAISS factory string, metric, embedder,
-                            image root, and per image its id, path and content hash; names the index file
+                            image root, the index file, and the collection version it was built from
+                            (its folder, relative to this one; its id, version and commit)
       index.<token>.faiss   the FAISS index; it stores each vector under its image's stable id
+
+Which image an id is comes from the collection's records, read when the
+index is loaded: the index copies none of them. An index is current when
+the collection is still at the version it was built from; one that is not
+is refused for searching and updated by the next `build_index(previous=)`.
 
 The index is described by its FAISS factory string ("Flat" is exact L2
 search; "IVF1024,PQ32" or "HNSW32" are approximate), so approximate indexes
 plug into the same build, update, save, load and search calls. Vectors are
 stored under stable image ids (`IndexIDMap2`, or the ids IVF indexes keep
-natively), so an update removes and adds only what changed.
+natively), so an update removes and adds only what changed: the vectors of
+images that are gone, and of records whose version is newer than the index.
 
 The index is derived from the embeddings alone, so a damaged one is never
 worth a refusal where it can be rebuilt: `load_previous_index` warns and
@@ -30,11 +37,15 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+import pyarrow as pa
 
+from .collection import Embeddings, load_embeddings
 from .embedders import EmbedderInfo
-from .extract import Embeddings
+from .manifest import Commit
+from .records import SCHEMA, Records
 from .storage import (
     FORMAT_VERSION,
+    ArtifactError,
     DamagedStateError,
     DamagedStateWarning,
     atomic_path,
@@ -75,39 +86,61 @@ class IndexChanges:
         return f"{how}: {self.added} vectors added, {self.removed} removed"
 
 
+@dataclass(frozen=True)
+class CollectionVersion:
+    """The saved version of a collection an index was built from."""
+
+    directory: Path
+    collection: str
+    version: int
+    commit: str
+
+    @classmethod
+    def of(cls, commit: Commit) -> CollectionVersion:
+        return cls(commit.directory, commit.collection, commit.version, commit.token)
+
+
 @dataclass
 class SearchIndex:
-    """A FAISS index whose vectors are stored under image ids, and the image of every id.
+    """A FAISS index whose vectors are stored under image ids, and the records that say which image each id is.
 
-    `ids`, `paths` and `sha256` are parallel lists sorted by path; the content
-    hash says which version of an image a vector belongs to.
+    `records` are the collection's (sorted by path); `collection` is the saved
+    version they are, or None where the index was built from embeddings that
+    are not saved (it cannot be saved then: save the embeddings first).
     """
 
     index: faiss.Index
-    ids: list[int]
-    paths: list[str]
-    sha256: list[str]
+    records: Records
     embedder: EmbedderInfo
     factory: str
     image_root: str
+    collection: CollectionVersion | None = None
     changes: IndexChanges = field(default_factory=IndexChanges)
-
-    def __post_init__(self) -> None:
-        self._id_of_path = dict(zip(self.paths, self.ids))
-        self._path_of_id = dict(zip(self.ids, self.paths))
 
     def __len__(self) -> int:
         return self.index.ntotal
 
+    @property
+    def ids(self) -> np.ndarray:
+        return self.records.ids
+
+    @property
+    def paths(self) -> list[str]:
+        """Every indexed path, sorted: a list, for small collections (look-ups go through `id_of`)."""
+        return self.records.paths
+
     def id_of(self, path: str) -> int:
         """Return the id of an indexed image, by its path relative to the image root."""
-        try:
-            return self._id_of_path[path]
-        except KeyError:
-            raise KeyError(f"{path!r} is not in the index; pick one of its {len(self.paths)} paths") from None
+        row = self.records.row_of_path(path)
+        if row < 0:
+            raise KeyError(f"{path!r} is not in the index; pick one of its {len(self.records)} paths")
+        return int(self.records.ids[row])
 
     def path_of(self, image_id: int) -> str:
-        return self._path_of_id[image_id]
+        row = int(self.records.rows_of_ids([image_id])[0])
+        if row < 0:
+            raise KeyError(f"no image has id {image_id} in the index")
+        return self.records.path_array[row].as_py()
 
     def vector(self, path: str) -> np.ndarray:
         """Return the stored embedding of an indexed image."""
@@ -115,7 +148,7 @@ class SearchIndex:
 
     def vectors(self) -> np.ndarray:
         """Return every stored embedding, in `paths` order."""
-        return self.index.reconstruct_batch(np.array(self.ids, dtype=np.int64))
+        return self.index.reconstruct_batch(self.ids)
 
     def search(self, queries: np.ndarray, k: int) -> list[list[Hit]]:
         """Return, for each query vector, its `k` nearest indexed images, nearest first."""
@@ -127,11 +160,13 @@ class SearchIndex:
             )
         with _faiss_threads(1 if len(queries) == 1 else None):
             distances, ids = self.index.search(queries, min(k, len(self)))
-        return [self._hits(row_distances, row_ids) for row_distances, row_ids in zip(distances, ids)]
-
-    def _hits(self, distances: np.ndarray, ids: np.ndarray) -> list[Hit]:
-        found = [(distance, i) for distance, i in zip(distances, ids) if i >= 0]  # FAISS pads with id -1
-        return [Hit(rank, self._path_of_id[i], float(distance)) for rank, (distance, i) in enumerate(found)]
+        rows = self.records.rows_of_ids(ids.ravel()).reshape(ids.shape)  # FAISS pads with id -1: row -1
+        paths = self.records.path_array
+        results = []
+        for query_distances, query_rows in zip(distances, rows):
+            found = [(distance, int(row)) for distance, row in zip(query_distances, query_rows) if row >= 0]
+            results.append([Hit(rank, paths[row].as_py(), float(distance)) for rank, (distance, row) in enumerate(found)])
+        return results
 
 
 @contextmanager
@@ -160,37 +195,54 @@ def _faiss_threads(count: int | None) -> Iterator[None]:
 def build_index(embeddings: Embeddings, factory: str = "Flat", previous: SearchIndex | None = None) -> SearchIndex:
     """Index `embeddings` with a FAISS index made from a factory string ("Flat" is exact L2 search).
 
-    With `previous` (the saved index of an earlier run, same factory and
-    embedder), update it in place: remove the vectors of images that are gone
-    or changed, add those of new or changed images. Index types that cannot
-    remove vectors (HNSW) are rebuilt instead. `previous` is consumed.
+    With `previous` (the saved index of an earlier version of the same
+    collection, same factory and embedder), update it in place: remove the
+    vectors of images that are gone or whose record is newer than it, add
+    those of images it lacks or holds an older vector of. Index types that
+    cannot remove vectors (HNSW) are rebuilt instead. `previous` is consumed.
     """
-    ids = embeddings.ids
-    items = (ids.tolist(), embeddings.paths, [item.sha256 for item in embeddings.items])
-    same_kind = (
+    ids, versions = embeddings.ids, embeddings.records.versions
+    built_from = CollectionVersion.of(embeddings.saved) if embeddings.is_saved else None
+    kind = (embeddings.records, embeddings.embedder, factory, embeddings.image_root, built_from)
+    base, held_version = embeddings.saved, previous.collection if previous else None
+    if (
         previous is not None and previous.factory == factory and previous.embedder.compatible_with(embeddings.embedder)
-    )
-    if same_kind:
-        wanted = dict(zip(items[0], items[2]))
-        held = dict(zip(previous.ids, previous.sha256))
-        stale = [i for i, digest in held.items() if wanted.get(i) != digest]
-        new_rows = [row for row, (i, digest) in enumerate(zip(items[0], items[2])) if held.get(i) != digest]
+        and base is not None and held_version is not None and held_version.collection == base.collection
+        and held_version.version <= base.version
+    ):
+        held = held_ids(previous.index)
+        newer = versions > held_version.version
+        stale = np.union1d(np.setdiff1d(held, ids), ids[newer & np.isin(ids, held)])
+        new_rows = np.flatnonzero(newer | ~np.isin(ids, held))
         try:
-            if stale:
-                previous.index.remove_ids(np.array(stale, dtype=np.int64))
+            if len(stale):
+                previous.index.remove_ids(stale.astype(np.int64))
         except RuntimeError:  # this index type cannot remove vectors
             pass
         else:
             _add(previous.index, embeddings.store.subset(new_rows), ids[new_rows])
             changes = IndexChanges(added=len(new_rows), removed=len(stale), rebuilt=False)
-            return SearchIndex(previous.index, *items, embeddings.embedder, factory, embeddings.image_root, changes)
+            return SearchIndex(previous.index, *kind, changes)
 
     index = _new_index(embeddings.embedder.dim, factory)
     if not index.is_trained:
         index.train(_training_sample(embeddings.store))
     _add(index, embeddings.store, ids)
     changes = IndexChanges(added=len(ids), removed=len(previous) if previous else 0, rebuilt=True)
-    return SearchIndex(index, *items, embeddings.embedder, factory, embeddings.image_root, changes)
+    return SearchIndex(index, *kind, changes)
+
+
+def held_ids(index: faiss.Index) -> np.ndarray:
+    """The ids of every vector `index` holds, sorted (read from FAISS' own id map or inverted lists)."""
+    if isinstance(index, faiss.IndexIDMap):  # IndexIDMap2 is one
+        return np.sort(faiss.vector_to_array(index.id_map))
+    ivf = _ivf_of(index)
+    if ivf is None:
+        raise ValueError(f"{type(index).__name__} does not store ids")
+    lists = ivf.invlists
+    parts = [faiss.rev_swig_ptr(lists.get_ids(number), lists.list_size(number)).copy()
+             for number in range(ivf.nlist) if lists.list_size(number)]
+    return np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
 
 
 #: Index types that learn from the data (IVF's centroids, PQ's codebooks) train on at most this many vectors,
@@ -235,8 +287,17 @@ def _ivf_of(index: faiss.Index) -> faiss.IndexIVF | None:
 def save_index(search_index: SearchIndex, directory: str | os.PathLike) -> list[Path]:
     """Save the index so that a crash at any point leaves the previous save whole (see `storage`).
 
-    One process at a time saves into a folder; another raises `FolderBusyError`.
+    Its metadata points at the saved collection version it was built from, so
+    an index can only be saved when built from saved embeddings (as
+    `load_embeddings` or `save_embeddings` returns them). One process at a
+    time saves into a folder; another raises `FolderBusyError`.
     """
+    if search_index.collection is None:
+        raise ArtifactError(
+            "this index was built from embeddings that are not saved, and an index on disk points at the saved "
+            "embeddings it indexes; save the embeddings first (save_embeddings returns them), then build and save "
+            "the index from what it returns"
+        )
     with exclusive(directory):
         return _save_index(search_index, Path(directory))
 
@@ -246,6 +307,8 @@ def _save_index(search_index: SearchIndex, directory: Path) -> list[Path]:
     with atomic_path(directory / index_name) as temporary:
         faiss.write_index(search_index.index, str(temporary))
     metadata_path = directory / METADATA_FILE
+    built_from = search_index.collection
+    folder = os.path.relpath(built_from.directory.resolve(), directory.resolve())
     write_json(
         metadata_path,
         {
@@ -257,7 +320,12 @@ def _save_index(search_index: SearchIndex, directory: Path) -> list[Path]:
             "count": len(search_index),
             "embedder": search_index.embedder.to_dict(),
             "image_root": search_index.image_root,
-            "items": [list(item) for item in zip(search_index.ids, search_index.paths, search_index.sha256)],
+            "collection": {
+                "folder": Path(folder).as_posix(),
+                "id": built_from.collection,
+                "version": built_from.version,
+                "commit": built_from.commit,
+            },
         },
     )
     remove_stale(directory, INDEX_STEM, INDEX_SUFFIX, keep={index_name})
@@ -265,19 +333,64 @@ def _save_index(search_index: SearchIndex, directory: Path) -> list[Path]:
 
 
 def load_index(directory: str | os.PathLike) -> SearchIndex:
-    """Read what `save_index` wrote, checking that the index and its metadata agree.
+    """Read what `save_index` wrote, with the records of the collection version it was built from.
 
     Any damage (metadata missing, not JSON or not shaped as ours; an index file
-    missing, unreadable, or holding other vectors than the metadata lists)
-    raises `DamagedStateError`, one line that names the file and says the
-    command that rebuilds the index from the embeddings.
+    missing, unreadable, or holding other ids than the collection) raises
+    `DamagedStateError`, one line that names the file and says the command
+    that rebuilds the index from the embeddings. An index the collection has
+    moved on from (embeddings saved since) raises `ArtifactError` saying to
+    update it. Indexes of format 3 (records in `index.json`) are read as they are.
     """
-    directory = Path(directory)
+    search_index = _load(Path(directory))
+    if search_index.collection is None:
+        return search_index  # format 3: its own records
+    built_from = search_index.collection
+    embeddings = load_embeddings(built_from.directory)
+    if embeddings.saved.token != built_from.commit:
+        raise ArtifactError(
+            f"{Path(directory) / METADATA_FILE} indexes version {built_from.version} of the embeddings in "
+            f"{built_from.directory}, which are at version {embeddings.saved.version} now; "
+            f"{index_advice(directory, 'update')}"
+        )
+    search_index.records = embeddings.records
+    index_path = Path(directory) / METADATA_FILE
+    if not np.array_equal(held_ids(search_index.index), np.sort(embeddings.ids)):
+        raise DamagedStateError(
+            f"{index_path} is damaged (its index holds {len(search_index)} vectors, but not under the ids of the "
+            f"{len(embeddings)} images of the version it names: the files come from different saves, or one "
+            "was changed)",
+            index_advice(directory),
+        )
+    return search_index
+
+
+def load_previous_index(directory: str | os.PathLike) -> SearchIndex | None:
+    """The index saved in `directory`, for `build_index(previous=)` to update; None where there is none to update
+    (a first run) or it is damaged.
+
+    The index may be of an older version of the collection (that is what an
+    update is for), so its `records` are not read (they are empty). A damaged
+    index is rebuilt from the embeddings by the update it was loaded for
+    (`build_index` without `previous`): a `DamagedStateWarning` says what was
+    damaged. Only an index of a newer format is refused (`ArtifactError`).
+    """
+    if not (Path(directory) / METADATA_FILE).exists():
+        return None
+    try:
+        return _load(Path(directory))
+    except DamagedStateError as error:
+        warnings.warn(DamagedStateWarning(f"{error.damage}; the index is rebuilt from the embeddings"), stacklevel=2)
+        return None
+
+
+def _load(directory: Path) -> SearchIndex:
+    """The index and what its metadata says; records only where the metadata holds them (format 3)."""
     path = directory / METADATA_FILE
     metadata = read_json(path, kind="index")
     advice = index_advice(directory)
     try:
-        factory, index_name, embedder, image_root, ids, paths, sha256 = _parse_metadata(metadata)
+        factory, index_name, embedder, image_root, records, built_from, count = _parse_metadata(directory, metadata)
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as error:
         detail = f"no {one_line(error.args[0])!r} entry" if isinstance(error, KeyError) else one_line(error)[:200]
         damage = f"{path} is damaged (not index metadata as this code writes it: {detail})"
@@ -290,43 +403,41 @@ def load_index(directory: str | os.PathLike) -> SearchIndex:
     except RuntimeError as error:
         damage = f"{index_path} is damaged (not a readable FAISS index: {_faiss_reason(error)})"
         raise DamagedStateError(damage, advice) from error
-    if index.ntotal != len(ids) or index.d != embedder.dim:
+    if index.ntotal != count or index.d != embedder.dim:
         raise DamagedStateError(
             f"{index_path} is damaged (it holds {index.ntotal} vectors, {index.d}-d, but {METADATA_FILE} lists "
-            f"{len(ids)} images, {embedder.dim}-d: the two come from different saves, or one was changed)",
+            f"{count} images, {embedder.dim}-d: the two come from different saves, or one was changed)",
             advice,
         )
     ivf = _ivf_of(index)
     if ivf is not None:
         ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
-    return SearchIndex(index, ids, paths, sha256, embedder, factory, image_root)
+    return SearchIndex(index, records, embedder, factory, image_root, built_from)
 
 
-def load_previous_index(directory: str | os.PathLike) -> SearchIndex | None:
-    """The index saved in `directory`, or None where nothing was saved yet (a first run) or it is damaged.
-
-    A damaged index is rebuilt from the embeddings by the update it was loaded
-    for (`build_index` without `previous`): a `DamagedStateWarning` says what was
-    damaged. Only an index of a newer format is refused (`ArtifactError`).
-    """
-    if not (Path(directory) / METADATA_FILE).exists():
-        return None
-    try:
-        return load_index(directory)
-    except DamagedStateError as error:
-        warnings.warn(DamagedStateWarning(f"{error.damage}; the index is rebuilt from the embeddings"), stacklevel=2)
-        return None
-
-
-def _parse_metadata(metadata: dict) -> tuple[str, str, EmbedderInfo, str, list[int], list[str], list[str]]:
-    """The factory, index file name, embedder, image root, ids, paths and hashes of an index's metadata;
-    a KeyError, TypeError or ValueError (whose text says what) where it is not shaped as ours."""
+def _parse_metadata(
+    directory: Path, metadata: dict
+) -> tuple[str, str, EmbedderInfo, str, Records, CollectionVersion | None, int]:
+    """The factory, index file name, embedder, image root, records (format 3) or collection version (4), and
+    count of an index's metadata; a KeyError, TypeError or ValueError (whose text says what) where it is not
+    shaped as ours."""
     factory, index_name, image_root = metadata["factory"], metadata["index_file"], metadata["image_root"]
     if not (isinstance(factory, str) and isinstance(image_root, str)):
         raise ValueError("its factory or image_root is not a string")
     if not is_file_name(index_name):
         raise ValueError(f"its index_file {one_line(repr(index_name))[:80]} is not a file name")
     embedder = EmbedderInfo.from_dict(metadata["embedder"])
+    count = metadata["count"]
+    if type(count) is not int or count < 0:
+        raise ValueError(f"its count {one_line(repr(count))[:40]} is not a count")
+    if metadata["format_version"] >= 4:
+        built = metadata["collection"]
+        folder, collection, version, commit = built["folder"], built["id"], built["version"], built["commit"]
+        if not (isinstance(folder, str) and isinstance(collection, str) and type(version) is int
+                and isinstance(commit, str)):
+            raise ValueError(f"its collection {one_line(repr(built))[:120]} is not what a save writes")
+        built_from = CollectionVersion((directory / folder).resolve(), collection, version, commit)
+        return factory, index_name, embedder, image_root, Records.empty(), built_from, count
     items = metadata["items"]
     for item in items:
         if not (
@@ -334,13 +445,16 @@ def _parse_metadata(metadata: dict) -> tuple[str, str, EmbedderInfo, str, list[i
             and type(item[2]) is str
         ):
             raise ValueError(f"an image entry {one_line(repr(item))[:80]} is not [id, path, sha256]")
-    ids, paths, sha256 = (list(column) for column in zip(*items)) if items else ([], [], [])
-    count = metadata["count"]
-    if type(count) is not int or count != len(items):
-        raise ValueError(f"its count {one_line(repr(count))[:40]} is not the {len(items)} images it lists")
+    if count != len(items):
+        raise ValueError(f"its count {count} is not the {len(items)} images it lists")
+    ids, paths = ([item[0] for item in items], [item[1] for item in items])
     if len(set(ids)) != len(ids) or len(set(paths)) != len(paths):
         raise ValueError("it lists an image id or a path twice")
-    return factory, index_name, embedder, image_root, ids, paths, sha256
+    zeros = [0] * len(items)
+    table = pa.table({"id": ids, "path": paths, "size": zeros, "mtime_ns": zeros, "sha256": [bytes(32)] * len(items),
+                      "version": zeros}, schema=SCHEMA)
+    records = Records(table)
+    return factory, index_name, embedder, image_root, records.take(records.path_order()), None, count
 
 
 def _faiss_reason(error: RuntimeError) -> str:

@@ -39,9 +39,9 @@ TEMPORARY_PREFIX = ".tmp-"
 #: The file whose lock extractions and saves hold, so that one run at a time updates a folder.
 LOCK_FILE = ".lock"
 
-#: Bumped whenever the layout of saved embeddings or indexes changes. Format 3 keeps embeddings in
-#: shards; format 2 (one vectors file, the same index layout) is still read.
-FORMAT_VERSION = 3
+#: Bumped whenever the layout of saved embeddings or indexes changes. Format 4 keeps records in columns, per
+#: shard, and the index points at the collection version; formats 2 and 3 (records in the JSON) are still read.
+FORMAT_VERSION = 4
 OLDEST_READABLE_VERSION = 2
 
 

@@ -119,6 +119,16 @@ class VectorStore:
             numbers.append(number)
         return cls(sources, np.column_stack([numbers, [row for _, row in places]]), dim)
 
+    @classmethod
+    def concat(cls, stores: Sequence[VectorStore], dim: int) -> VectorStore:
+        """One store of the rows of `stores`, one after the other (nothing is read)."""
+        sources: list[Source] = []
+        locations = []
+        for store in stores:
+            locations.append(store.locations + np.array([len(sources), 0]))
+            sources.extend(store.sources)
+        return cls(sources, np.concatenate(locations) if locations else np.zeros((0, 2), np.int64), dim)
+
     def __len__(self) -> int:
         return len(self.locations)
 

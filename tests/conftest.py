@@ -15,9 +15,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from imagesearch.collection import Embeddings
 from imagesearch.embedders import EmbedderInfo, TFLiteEmbedder, make_embedder
-from imagesearch.extract import Embeddings, ImageRecord, extract_embeddings
+from imagesearch.extract import extract_embeddings
 from imagesearch.index import SearchIndex, build_index
+from imagesearch.records import ImageRecord
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -115,7 +117,7 @@ def make_embeddings():
     def make(vectors: np.ndarray, paths: Sequence[str], image_root: str = "/nowhere") -> Embeddings:
         vectors = np.asarray(vectors, dtype=np.float32)
         info = EmbedderInfo("test", "none", vectors.shape[1], (224, 224))
-        items = [ImageRecord(row, path, 0, 0, f"sha-{row}") for row, path in enumerate(paths)]
+        items = [ImageRecord(row, path, 0, 0, f"{row:064x}") for row, path in enumerate(paths)]
         return Embeddings(vectors, items, info, image_root, next_id=len(items))
 
     return make

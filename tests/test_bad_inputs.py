@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 
 from imagesearch import cli
-from imagesearch.extract import Embeddings, extract_embeddings
+from imagesearch.collection import Embeddings
+from imagesearch.extract import extract_embeddings
 from imagesearch.images import load_image
 
 from bad_corpus import (

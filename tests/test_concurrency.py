@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from imagesearch.extract import JOURNAL_DIR, extract_embeddings, load_embeddings, save_embeddings
+from imagesearch.collection import JOURNAL_DIR, load_embeddings, save_embeddings
+from imagesearch.extract import extract_embeddings
 from imagesearch.index import build_index, load_index, save_index
 from imagesearch.storage import FolderBusyError
 

@@ -25,8 +25,8 @@ import faiss
 import numpy as np
 import pytest
 
-from imagesearch import extract
-from imagesearch.extract import MANIFEST_FILE, load_embeddings, save_embeddings
+from imagesearch import collection
+from imagesearch.collection import MANIFEST_FILE, load_embeddings, save_embeddings
 from imagesearch.index import METADATA_FILE, build_index, load_index, save_index
 from imagesearch.storage import TEMPORARY_PREFIX
 
@@ -90,7 +90,7 @@ def assert_holds(folders, state) -> None:
 
 
 def shard_write_fills_disk(monkeypatch, fired: list) -> None:
-    real_write_shard = extract.write_shard
+    real_write_shard = collection.write_shard
 
     def write_half(path, store, rows):
         real_write_shard(path, store, rows)
@@ -98,7 +98,7 @@ def shard_write_fills_disk(monkeypatch, fired: list) -> None:
         fired.append(path)
         raise OSError(errno.ENOSPC, DISK_FULL)
 
-    monkeypatch.setattr("imagesearch.extract.write_shard", write_half)
+    monkeypatch.setattr("imagesearch.collection.write_shard", write_half)
 
 
 def faiss_write_index_fills_disk(monkeypatch, fired: list) -> None:
@@ -163,7 +163,7 @@ def test_interruption_before_the_metadata_commit_keeps_the_previous_data_and_nex
         raise OSError(errno.EIO, "interrupted before the commit")
 
     with monkeypatch.context() as patch:
-        patch.setattr(f"imagesearch.{'extract' if what == 'embeddings' else 'index'}.write_json", interrupted)
+        patch.setattr(f"imagesearch.{'collection' if what == 'embeddings' else 'index'}.write_json", interrupted)
         with pytest.raises(OSError, match="interrupted before the commit"):
             save(state_b, saved_a, what)
 
@@ -200,14 +200,15 @@ from fnmatch import fnmatch
 from pathlib import Path
 import numpy as np
 from imagesearch.embedders import EmbedderInfo
-from imagesearch.extract import Embeddings, ImageRecord, save_embeddings
+from imagesearch.collection import Embeddings, save_embeddings
+from imagesearch.records import ImageRecord
 from imagesearch.index import build_index, save_index
 
 folder = Path(sys.argv[1])
 info = EmbedderInfo("test", "none", {DIM}, (224, 224))
 states = {{}}
 for name, value in {KILL_STATES!r}.items():
-    items = [ImageRecord(row, f"{{name.lower()}}/{{row:04}}.jpg", 0, 0, f"{{name}}-{{row}}") for row in range({ROWS})]
+    items = [ImageRecord(row, f"{{name.lower()}}/{{row:04}}.jpg", 0, 0, f"{{row:064x}}") for row in range({ROWS})]
     embeddings = Embeddings(np.full(({ROWS}, {DIM}), value, np.float32), items, info, "/nowhere", next_id={ROWS})
     states[name] = (embeddings, build_index(embeddings, "Flat"))
 

@@ -26,14 +26,9 @@ from typing import NamedTuple
 import numpy as np
 import pytest
 
-from imagesearch import cli, extract
-from imagesearch.extract import (
-    JOURNAL_DIR,
-    MANIFEST_FILE,
-    extract_embeddings,
-    load_embeddings,
-    load_previous_embeddings,
-)
+from imagesearch import cli, collection
+from imagesearch.collection import JOURNAL_DIR, MANIFEST_FILE, load_embeddings, load_previous_embeddings
+from imagesearch.extract import extract_embeddings
 from imagesearch.index import METADATA_FILE, build_index, load_index
 from imagesearch.storage import ArtifactError, DamagedStateWarning, embeddings_dir, index_dir
 
@@ -72,7 +67,7 @@ def saved(tmp_path_factory, random_resnet) -> Saved:
     artifacts = tmp_path_factory.mktemp("damaged_state") / "artifacts"
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(cli, "make_embedder", lambda *args, **kwargs: random_resnet)
-        patch.setattr(extract, "SHARD_ROWS", SHARD_ROWS)
+        patch.setattr(collection, "SHARD_ROWS", SHARD_ROWS)
         common = ["--weights", "random", "--images", str(images), "--artifacts", str(artifacts), "--batch-size", "4"]
         assert cli.main(["extract", *common]) == 0
         assert cli.main(["index", "--artifacts", str(artifacts)]) == 0
@@ -104,7 +99,7 @@ def run(monkeypatch, capsys, random_resnet) -> Callable[..., Run]:
         return model
 
     monkeypatch.setattr(cli, "make_embedder", make_embedder)
-    monkeypatch.setattr(extract, "SHARD_ROWS", SHARD_ROWS)
+    monkeypatch.setattr(collection, "SHARD_ROWS", SHARD_ROWS)
 
     def run_cli(*args: str) -> Run:
         capsys.readouterr()
@@ -307,7 +302,7 @@ def test_a_save_of_embeddings_that_lost_vectors_is_refused_rather_than_dropping_
     with pytest.warns(DamagedStateWarning):
         previous = load_previous_embeddings(embeddings_dir(artifacts))
     with pytest.raises(ArtifactError, match="pass them as previous= to extract_embeddings"):
-        extract.save_embeddings(previous, embeddings_dir(artifacts))
+        collection.save_embeddings(previous, embeddings_dir(artifacts))
 
 
 def test_two_damaged_shards_are_both_counted_and_both_repaired(saved, artifacts, run):
@@ -336,13 +331,13 @@ def test_a_journaled_batch_damaged_before_its_save_is_deleted_and_extracting_aga
     resumed = extract_embeddings(saved.images, counting_embedder, progress=False, checkpoint_dir=folder)
     assert resumed.changes.resumed == 8
     with pytest.raises(ArtifactError, match=r"was damaged \(Bad CRC-32 .*\) and is deleted; extract again"):
-        extract.save_embeddings(resumed, folder)
+        collection.save_embeddings(resumed, folder)
     assert not batch.exists()
 
     counting_embedder.batch_sizes.clear()
     again = extract_embeddings(saved.images, counting_embedder, progress=False, checkpoint_dir=folder)
     assert (again.changes.resumed, counting_embedder.images_embedded) == (4, 4)
-    extract.save_embeddings(again, folder)
+    collection.save_embeddings(again, folder)
     assert load_embeddings(folder).paths == sorted(NAMES)
 
 

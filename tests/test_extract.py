@@ -11,14 +11,8 @@ import threading
 import numpy as np
 import pytest
 
-from imagesearch.extract import (
-    MANIFEST_FILE,
-    SKIPPED_FILE,
-    _prefetched,
-    extract_embeddings,
-    load_embeddings,
-    save_embeddings,
-)
+from imagesearch.collection import MANIFEST_FILE, SKIPPED_FILE, load_embeddings, save_embeddings
+from imagesearch.extract import _prefetched, extract_embeddings
 from imagesearch.images import load_image
 from imagesearch.storage import FORMAT_VERSION, LOCK_FILE, ArtifactError, atomic_path
 
@@ -188,10 +182,10 @@ def test_saved_files_get_umask_permissions_not_private_temp_file_permissions(tmp
     script = (
         "import sys, numpy as np\n"
         "from imagesearch.embedders import EmbedderInfo\n"
-        "from imagesearch.extract import Embeddings, save_embeddings\n"
+        "from imagesearch.collection import Embeddings, save_embeddings\n"
         "info = EmbedderInfo('test', 'none', 4, (224, 224))\n"
-        "from imagesearch.extract import ImageRecord\n"
-        "items = [ImageRecord(0, 'a.jpg', 1, 1, 'cafe')]\n"
+        "from imagesearch.records import ImageRecord\n"
+        "items = [ImageRecord(0, 'a.jpg', 1, 1, 'ca' * 32)]\n"
         "save_embeddings(Embeddings(np.zeros((1, 4), np.float32), items, info, 'images'), sys.argv[1])\n"
     )
     subprocess.run([sys.executable, "-c", script, str(tmp_path)], cwd=repo_root, check=True, umask=0o022)

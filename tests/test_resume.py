@@ -12,7 +12,8 @@ import time
 import numpy as np
 import pytest
 
-from imagesearch.extract import JOURNAL_DIR, extract_embeddings, load_embeddings, save_embeddings
+from imagesearch.collection import JOURNAL_DIR, load_embeddings, save_embeddings
+from imagesearch.extract import extract_embeddings
 
 NAMES = [f"photo_{number:02d}.jpg" for number in range(10)]
 

@@ -13,16 +13,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from imagesearch import extract, vectors
-from imagesearch.extract import (
+from imagesearch import collection, vectors
+from imagesearch.collection import (
     JOURNAL_DIR,
     MANIFEST_FILE,
     Embeddings,
-    extract_embeddings,
     load_embeddings,
     load_previous_embeddings,
     save_embeddings,
 )
+from imagesearch.extract import extract_embeddings
 from imagesearch.index import build_index
 from imagesearch.storage import ArtifactError
 from imagesearch.vectors import ArraySource, FileSource, VectorStore
@@ -48,7 +48,7 @@ def file_identity(path: Path) -> tuple[int, int, int]:
 @pytest.fixture
 def rows_per_shard(monkeypatch):
     """Saves write shards of 4 rows."""
-    monkeypatch.setattr(extract, "SHARD_ROWS", 4)
+    monkeypatch.setattr(collection, "SHARD_ROWS", 4)
     return 4
 
 
@@ -213,8 +213,8 @@ def test_a_shard_mostly_of_deleted_images_is_rewritten_and_the_others_are_kept(t
 
 
 def test_many_small_shards_from_small_updates_are_merged(tmp_path, make_embeddings, rng, monkeypatch):
-    monkeypatch.setattr(extract, "SHARD_ROWS", 16)  # shards under 4 rows are small
-    monkeypatch.setattr(extract, "MAX_SMALL_SHARDS", 2)
+    monkeypatch.setattr(collection, "SHARD_ROWS", 16)  # shards under 4 rows are small
+    monkeypatch.setattr(collection, "MAX_SMALL_SHARDS", 2)
     every = rng.standard_normal((4, DIM)).astype(np.float32)
     counts = []
     for size in range(1, 5):  # each save adds one image to the previous save
