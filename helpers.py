@@ -7,6 +7,14 @@ images (list, load) -> plan (what to embed) -> embedders + extract (embed)
 """
 
 from imagesearch.app import SearchApp
+from imagesearch.collection import (
+    Changes,
+    Embeddings,
+    load_embeddings,
+    load_previous_embeddings,
+    read_skipped,
+    save_embeddings,
+)
 from imagesearch.display import caption, plot_embedding_map, show_images, show_results
 from imagesearch.embedders import (
     Embedder,
@@ -21,14 +29,6 @@ from imagesearch.embedders import (
 )
 from imagesearch.errors import UserFacingError
 from imagesearch.evaluate import SelfCheck, evaluate, group_of, precision_at_k, self_check
-from imagesearch.collection import (
-    Changes,
-    Embeddings,
-    load_embeddings,
-    load_previous_embeddings,
-    read_skipped,
-    save_embeddings,
-)
 from imagesearch.extract import extract_embeddings
 from imagesearch.images import (
     DecodeWarning,

@@ -84,7 +84,8 @@ def index(args: argparse.Namespace) -> int:
 def _update_index(args: argparse.Namespace) -> SearchIndex:
     with exclusive(embeddings_dir(args.artifacts)):  # no extraction may rewrite the shards while they are read
         embeddings = load_embeddings(embeddings_dir(args.artifacts))
-        search_index = build_index(embeddings, args.factory, previous=load_previous_index(index_dir(args.artifacts)))
+        previous = load_previous_index(index_dir(args.artifacts), embeddings)
+        search_index = build_index(embeddings, args.factory, previous=previous)
     save_index(search_index, index_dir(args.artifacts))
     print(f"Index {search_index.factory} of {len(search_index)} vectors, {search_index.changes.summary()}")
     check = self_check(search_index, sample=1000)

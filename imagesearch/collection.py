@@ -173,7 +173,9 @@ class Embeddings:
                 raise ValueError("an image path is listed twice")
         if len(np.unique(self.records.ids)) != len(self.records):
             raise ValueError("an image id is listed twice")
-        self.next_id = max(self.next_id, int(self.records.ids.max(initial=-1)) + 1, int(self.lost.ids.max(initial=-1)) + 1)
+        # Ids are never reused; embeddings made by hand may have left next_id at 0.
+        highest = max(int(self.records.ids.max(initial=-1)), int(self.lost.ids.max(initial=-1)))
+        self.next_id = max(self.next_id, highest + 1)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -371,7 +373,10 @@ def _shards_to_keep(store: VectorStore, directory: Path) -> list[tuple[int, File
     live = np.bincount(store.locations[:, 0], minlength=len(store.sources)) if len(store) else []
     candidates = []
     for number, source in enumerate(store.sources):
-        if isinstance(source, FileSource) and source.key is None and source.path.parent.resolve() == here:
+        if (
+            isinstance(source, FileSource) and source.key is None and source.path.parent.resolve() == here
+            and source.path.name.startswith(f"{SHARD_STEM}.")  # format 2's one file is rewritten into shards
+        ):
             if not source.path.is_file():
                 raise ArtifactError(
                     f"{source.path} is gone: {directory} was saved over since these embeddings were loaded; "
@@ -399,12 +404,19 @@ def load_embeddings(directory: str | os.PathLike) -> Embeddings:
     directory = Path(directory)
     embeddings, losses = _load_trusted(directory, read_manifest(directory))
     if losses:
-        (damage, _), others = losses[0], losses[1:]
+        (damage, _, _), others = losses[0], losses[1:]
         if others:
             more = "file is" if len(others) == 1 else "files are"
             damage += f", and {len(others)} other {more} damaged too"
-        lost = sum(count for _, count in losses)
-        held = f"the vectors of {lost} images are lost" if lost != 1 else "the vector of 1 image is lost"
+        vectors = sum(count for _, count, records_lost in losses if not records_lost)
+        records = sum(count for _, count, records_lost in losses if records_lost)
+        held = []
+        if vectors:
+            held.append(f"the vectors of {vectors} images are lost" if vectors > 1 else "the vector of 1 image is lost")
+        if records:
+            held.append(f"the records of {records} images are lost (they are embedded again as new images)"
+                        if records > 1 else "the record of 1 image is lost (it is embedded again as a new image)")
+        held = " and ".join(held) or "no image is lost"
         advice = embeddings_advice(directory, embeddings.image_root, embedder=embeddings.embedder.to_dict())
         raise DamagedStateError(f"{damage}; {held}", advice)
     return embeddings
@@ -439,8 +451,9 @@ def load_previous_embeddings(directory: str | os.PathLike) -> Embeddings | None:
         )
         return None
     embeddings, losses = _load_trusted(directory, manifest)
-    for damage, count in losses:
+    for damage, count, records_lost in losses:
         again = f"its {count} {'image is' if count == 1 else 'images are'} embedded again" if count else "no image lost"
+        again += ", as new images" if records_lost and count else ""
         warnings.warn(DamagedStateWarning(f"{damage}; {again}"), stacklevel=2)
     return embeddings
 
@@ -450,9 +463,9 @@ def read_skipped(directory: str | os.PathLike) -> list[Skipped]:
     return list(read_manifest(Path(directory)).skipped)
 
 
-def _load_trusted(directory: Path, commit: Commit) -> tuple[Embeddings, list[tuple[str, int]]]:
+def _load_trusted(directory: Path, commit: Commit) -> tuple[Embeddings, list[tuple[str, int, bool]]]:
     """The embeddings of the items whose vectors are intact, the others in `lost`; and each damage found,
-    as (what is damaged, how many images lost their vector to it)."""
+    as (what is damaged, how many images lost their vector or record to it, whether it was their records)."""
     parts, lost, losses = [], [], []
     sources: list[FileSource] = []
     for entry in commit.shards:
@@ -460,11 +473,11 @@ def _load_trusted(directory: Path, commit: Commit) -> tuple[Embeddings, list[tup
         try:
             records, rows = read_items(directory, entry, commit)
         except DamagedStateError as error:  # which images it held is lost with it: they come back as new
-            losses.append((error.damage, entry.images))
+            losses.append((error.damage, entry.images, True))
             continue
         if vectors_damage is not None:
             named = ", named by the manifest," if vectors_damage == "is missing" else ""
-            losses.append((f"{directory / entry.vectors}{named} {vectors_damage}", len(records)))
+            losses.append((f"{directory / entry.vectors}{named} {vectors_damage}", len(records), False))
             lost.append(records)
             continue
         parts.append((records, len(sources), rows))
@@ -476,7 +489,10 @@ def _load_trusted(directory: Path, commit: Commit) -> tuple[Embeddings, list[tup
     ])
     store = VectorStore(sources, locations, commit.embedder.dim)
     try:
-        embeddings = Embeddings(store, records, commit.embedder, commit.image_root, list(commit.skipped), commit.next_id, lost=Records.concat(lost), saved=commit)
+        embeddings = Embeddings(
+            store, records, commit.embedder, commit.image_root, list(commit.skipped), commit.next_id,
+            lost=Records.concat(lost), saved=commit,
+        )
     except ValueError as error:  # the same path or id in two shards
         raise DamagedStateError(
             f"{directory / MANIFEST_FILE} is damaged (its shards disagree: {error})",

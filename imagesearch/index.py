@@ -165,7 +165,7 @@ class SearchIndex:
         results = []
         for query_distances, query_rows in zip(distances, rows):
             found = [(distance, int(row)) for distance, row in zip(query_distances, query_rows) if row >= 0]
-            results.append([Hit(rank, paths[row].as_py(), float(distance)) for rank, (distance, row) in enumerate(found)])
+            results.append([Hit(rank, paths[row].as_py(), float(dist)) for rank, (dist, row) in enumerate(found)])
         return results
 
 
@@ -347,25 +347,34 @@ def load_index(directory: str | os.PathLike) -> SearchIndex:
         return search_index  # format 3: its own records
     built_from = search_index.collection
     embeddings = load_embeddings(built_from.directory)
+    if embeddings.saved.collection != built_from.collection:
+        raise ArtifactError(
+            f"{Path(directory) / METADATA_FILE} indexes other embeddings than those now in {built_from.directory} "
+            f"(they were replaced since); {index_advice(directory, 'rebuild')}"
+        )
     if embeddings.saved.token != built_from.commit:
         raise ArtifactError(
             f"{Path(directory) / METADATA_FILE} indexes version {built_from.version} of the embeddings in "
             f"{built_from.directory}, which are at version {embeddings.saved.version} now; "
             f"{index_advice(directory, 'update')}"
         )
+    _check_ids(search_index, embeddings, Path(directory))
     search_index.records = embeddings.records
-    index_path = Path(directory) / METADATA_FILE
-    if not np.array_equal(held_ids(search_index.index), np.sort(embeddings.ids)):
-        raise DamagedStateError(
-            f"{index_path} is damaged (its index holds {len(search_index)} vectors, but not under the ids of the "
-            f"{len(embeddings)} images of the version it names: the files come from different saves, or one "
-            "was changed)",
-            index_advice(directory),
-        )
     return search_index
 
 
-def load_previous_index(directory: str | os.PathLike) -> SearchIndex | None:
+def _check_ids(search_index: SearchIndex, embeddings: Embeddings, directory: Path) -> None:
+    """Raise `DamagedStateError` unless the index holds the ids of `embeddings`, the version it names."""
+    if not np.array_equal(held_ids(search_index.index), np.sort(embeddings.ids)):
+        raise DamagedStateError(
+            f"{directory / METADATA_FILE} is damaged (its index holds {len(search_index)} vectors, but not under the "
+            f"ids of the {len(embeddings)} images of the version it names: the files come from different saves, or "
+            "one was changed)",
+            index_advice(directory),
+        )
+
+
+def load_previous_index(directory: str | os.PathLike, embeddings: Embeddings | None = None) -> SearchIndex | None:
     """The index saved in `directory`, for `build_index(previous=)` to update; None where there is none to update
     (a first run) or it is damaged.
 
@@ -373,12 +382,19 @@ def load_previous_index(directory: str | os.PathLike) -> SearchIndex | None:
     update is for), so its `records` are not read (they are empty). A damaged
     index is rebuilt from the embeddings by the update it was loaded for
     (`build_index` without `previous`): a `DamagedStateWarning` says what was
-    damaged. Only an index of a newer format is refused (`ArtifactError`).
+    damaged. With `embeddings` (those the index is to be updated to), an index
+    that names their very version but holds other ids is found damaged too.
+    Only an index of a newer format is refused (`ArtifactError`).
     """
     if not (Path(directory) / METADATA_FILE).exists():
         return None
     try:
-        return _load(Path(directory))
+        previous = _load(Path(directory))
+        built_from = previous.collection
+        same_version = built_from is not None and embeddings is not None and embeddings.is_saved
+        if same_version and built_from.commit == embeddings.saved.token:
+            _check_ids(previous, embeddings, Path(directory))
+        return previous
     except DamagedStateError as error:
         warnings.warn(DamagedStateWarning(f"{error.damage}; the index is rebuilt from the embeddings"), stacklevel=2)
         return None

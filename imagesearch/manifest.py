@@ -8,6 +8,7 @@ shape, so the rest of the code sees one format, and the next save converts them.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import pyarrow.parquet as pq
 
 from .embedders import EmbedderInfo
 from .records import SCHEMA, Records, Skipped
-from .storage import DamagedStateError, embeddings_advice, is_file_name, one_line, read_json
+from .storage import DamagedStateError, DamagedStateWarning, embeddings_advice, is_file_name, one_line, read_json
 
 MANIFEST_FILE = "manifest.json"
 
@@ -52,6 +53,17 @@ class Commit:
     next_id: int
     legacy: tuple[tuple[Records, np.ndarray], ...] = ()  # format 2 and 3: per shard, its records and rows
 
+    def files(self) -> list[Path]:
+        """The files this commit consists of: the manifest, then each shard's vectors and items, then the skipped."""
+        names = [MANIFEST_FILE, *(name for shard in self.shards for name in (shard.vectors, shard.items) if name)]
+        return [self.directory / name for name in [*names, *([self.skipped_file] if self.skipped_file else [])]]
+
+    def summary(self) -> str:
+        """E.g. "version 3 of the collection: 2 shards, 10,240 images"."""
+        images = sum(shard.images for shard in self.shards)
+        shards = "1 shard" if len(self.shards) == 1 else f"{len(self.shards)} shards"
+        return f"version {self.version} of the collection: {shards}, {images:,} images"
+
 
 def read_manifest(directory: Path, strict: bool = True) -> Commit | None:
     """Read and check a manifest. Raise `DamagedStateError` if it is missing, not JSON, or not shaped as one;
@@ -64,9 +76,8 @@ def read_manifest(directory: Path, strict: bool = True) -> Commit | None:
         except (KeyError, TypeError, ValueError, IndexError, AttributeError) as error:
             detail = f"no {one_line(error.args[0])!r} entry" if isinstance(error, KeyError) else one_line(error)[:200]
             root, embedder = manifest.get("image_root"), manifest.get("embedder")
-            advice = embeddings_advice(
-                directory, root if isinstance(root, str) else None, "all", embedder if isinstance(embedder, dict) else None
-            )
+            root = root if isinstance(root, str) else None
+            advice = embeddings_advice(directory, root, "all", embedder if isinstance(embedder, dict) else None)
             damage = f"{path} is damaged (not a manifest as this code writes them: {detail})"
             raise DamagedStateError(damage, advice) from error
     except DamagedStateError:
@@ -109,7 +120,7 @@ def read_skipped_file(directory: Path, name: str) -> tuple[Skipped, ...]:
         if not table.schema.equals(SKIPPED_SCHEMA):
             raise ValueError("its columns are not path and reason")
     except (OSError, ValueError, pa.ArrowException) as error:
-        raise ValueError(f"its skipped file {name} cannot be read ({one_line(error)[:120]})") from error
+        raise ValueError(f"its skipped file {name} is damaged ({one_line(error)[:120]})") from error
     columns = table.to_pydict()
     return tuple(Skipped(path, reason) for path, reason in zip(columns["path"], columns["reason"]))
 
@@ -157,7 +168,12 @@ def _parse(directory: Path, manifest: dict) -> Commit:
     if not (isinstance(collection, str) and isinstance(token, str) and _is_int(version) and version >= 1):
         raise ValueError("its collection, version or commit is not what a save writes")
     skipped_file = _check_name(manifest["skipped"]["file"], "its skipped file")
-    skipped = read_skipped_file(directory, skipped_file)
+    try:
+        skipped = read_skipped_file(directory, skipped_file)
+    except ValueError as error:  # only a report: its files are tried again by every run anyway
+        warnings.warn(DamagedStateWarning(f"{directory / MANIFEST_FILE}: {error}; the next save writes it again"),
+                      stacklevel=3)
+        skipped_file, skipped = None, ()
     return Commit(directory, collection, version, token, tuple(shards), skipped_file, skipped, embedder,
                   image_root, next_id)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import signal
 import subprocess
 import sys
@@ -58,22 +57,28 @@ def test_a_save_into_a_folder_another_run_is_updating_is_refused_and_changes_not
     rng = np.random.default_rng(0)
     first = make_embeddings(rng.standard_normal((5, 8)), [f"a{row}.jpg" for row in range(5)])
     second = make_embeddings(rng.standard_normal((3, 8)), [f"b{row}.jpg" for row in range(3)])
-    save_embeddings(dataclasses.replace(first), tmp_path / "embeddings")
-    save_index(build_index(first), tmp_path / "index")
-    before = {path.name: path.read_bytes() for path in (tmp_path / "embeddings").iterdir()}
+    saved_first = save_embeddings(first, tmp_path / "embeddings")
+    save_index(build_index(saved_first), tmp_path / "index")
+    # An index of saved embeddings (only those can be saved), so that its save fails on the lock alone.
+    another_index = build_index(save_embeddings(second, tmp_path / "elsewhere"))
+    before = {
+        folder: {path.name: path.read_bytes() for path in (tmp_path / folder).iterdir()}
+        for folder in ["embeddings", "index"]
+    }
 
     holders = [lock_holder(tmp_path / "embeddings"), lock_holder(tmp_path / "index")]
     with pytest.raises(FolderBusyError, match="another run is updating"):
-        save_embeddings(dataclasses.replace(second), tmp_path / "embeddings")
+        save_embeddings(second, tmp_path / "embeddings")
     with pytest.raises(FolderBusyError, match="another run is updating"):
-        save_index(build_index(second), tmp_path / "index")
-    assert {path.name: path.read_bytes() for path in (tmp_path / "embeddings").iterdir()} == before
+        save_index(another_index, tmp_path / "index")
+    for folder in ["embeddings", "index"]:
+        assert {path.name: path.read_bytes() for path in (tmp_path / folder).iterdir()} == before[folder]
 
     release(holders[0])
     holders[1].send_signal(signal.SIGKILL)  # a holder that dies releases the lock too
     holders[1].wait()
-    save_embeddings(dataclasses.replace(second), tmp_path / "embeddings")
-    save_index(build_index(second), tmp_path / "index")
+    saved_second = save_embeddings(second, tmp_path / "embeddings")
+    save_index(build_index(saved_second), tmp_path / "index")
     assert load_embeddings(tmp_path / "embeddings").paths == load_index(tmp_path / "index").paths == second.paths
 
 

@@ -7,17 +7,18 @@ each, what was saved before must load whole, and the next save must clean up.
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import os
 import queue
 import random
+import re
 import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import warnings
 from fnmatch import fnmatch
 from pathlib import Path
 
@@ -27,10 +28,13 @@ import pytest
 
 from imagesearch import collection
 from imagesearch.collection import MANIFEST_FILE, load_embeddings, save_embeddings
-from imagesearch.index import METADATA_FILE, build_index, load_index, save_index
-from imagesearch.storage import TEMPORARY_PREFIX
+from imagesearch.index import METADATA_FILE, build_index, held_ids, load_index, load_previous_index, save_index
+from imagesearch.storage import TEMPORARY_PREFIX, ArtifactError, DamagedStateWarning
 
 DISK_FULL = "No space left on device"
+
+#: The data files each kind of folder commits: a collection's shard (vectors and items) and skipped list, an index.
+DATA_FILES = {"embeddings": ["items.*.parquet", "skipped.*.parquet", "vectors.*.npy"], "index": ["index.*.faiss"]}
 
 # --- small states for in-process failures --------------------------------------------------------
 
@@ -49,19 +53,37 @@ def state_b(make_embeddings):
 
 @pytest.fixture
 def saved_a(tmp_path, state_a):
-    """State A saved in `tmp_path/embeddings` and `tmp_path/index`; returns the two folders."""
-    folders = {"embeddings": tmp_path / "embeddings", "index": tmp_path / "index"}
-    save_embeddings(dataclasses.replace(state_a), folders["embeddings"])  # state_a itself keeps its vectors in memory
-    save_index(build_index(state_a, "Flat"), folders["index"])
+    """State A saved in `tmp_path/embeddings` and, indexed, in `tmp_path/index`; returns the folders, with
+    `other`: where `prepare` saves the embeddings of an index it builds (never the folder under test)."""
+    folders = {"embeddings": tmp_path / "embeddings", "index": tmp_path / "index", "other": tmp_path / "other"}
+    saved = save_embeddings(state_a, folders["embeddings"])  # state_a itself keeps its vectors in memory
+    save_index(build_index(saved, "Flat"), folders["index"])
     return folders
+
+
+def prepare(state, folders, what: str):
+    """What `commit` saves for `state`: the embeddings themselves, or a Flat index of them.
+
+    An index on disk points at the saved embeddings it indexes, so the index is
+    built from `state` saved in a folder of its own: the embeddings folder under
+    test keeps A, and the only save under test is the index's.
+    """
+    if what == "embeddings":
+        return state
+    return build_index(save_embeddings(state, folders["other"]), "Flat")
+
+
+def commit(prepared, folders, what: str) -> None:
+    """Save what `prepare` returned into the folder under test."""
+    if what == "embeddings":
+        save_embeddings(prepared, folders["embeddings"])
+    else:
+        save_index(prepared, folders["index"])
 
 
 def save(state, folders, what: str) -> None:
     """Save `state` as embeddings or as a Flat index into its folder."""
-    if what == "embeddings":
-        save_embeddings(dataclasses.replace(state), folders["embeddings"])  # a save rebinds what it saved to its files
-    else:
-        save_index(build_index(state, "Flat"), folders["index"])
+    commit(prepare(state, folders, what), folders, what)
 
 
 def temporary_files(folder: Path) -> list[str]:
@@ -69,7 +91,14 @@ def temporary_files(folder: Path) -> list[str]:
 
 
 def data_files(folder: Path) -> list[str]:
-    return sorted(path.name for path in [*folder.glob("vectors.*.npy"), *folder.glob("index.*.faiss")])
+    patterns = [pattern for patterns in DATA_FILES.values() for pattern in patterns]
+    return sorted(path.name for pattern in patterns for path in folder.glob(pattern))
+
+
+def assert_one_of_each(names: list[str], what: str) -> None:
+    """`names` are one data file of each kind a `what` folder commits, and nothing else."""
+    matched = sorted(pattern for name in names for pattern in DATA_FILES[what] if fnmatch(name, pattern))
+    assert len(names) == len(matched) and matched == DATA_FILES[what], names
 
 
 def assert_holds(folders, state) -> None:
@@ -81,7 +110,8 @@ def assert_holds(folders, state) -> None:
 
     index = load_index(folders["index"])
     expected = build_index(state, "Flat")
-    assert (index.ids, index.paths, index.sha256) == (expected.ids, expected.paths, expected.sha256)
+    assert np.array_equal(index.ids, expected.ids) and index.paths == expected.paths
+    assert index.vectors().tobytes() == state.vectors.tobytes()  # the FAISS file's own vectors, by id
     queries = np.vstack([state.vectors[:3], np.random.default_rng(2).standard_normal((3, state.vectors.shape[1]))])
     assert index.search(queries, 5) == expected.search(queries, 5)
 
@@ -136,11 +166,12 @@ def json_write_fills_disk(monkeypatch, fired: list) -> None:
 def test_save_failing_midway_raises_and_keeps_the_previous_state_whole(
     monkeypatch, saved_a, state_a, state_b, inject, what
 ):
+    prepared = prepare(state_b, saved_a, what)  # before the injection: only the save under test may fail
     fired = []
     with monkeypatch.context() as patch:
         inject(patch, fired)
         with pytest.raises((OSError, RuntimeError), match=DISK_FULL):
-            save(state_b, saved_a, what)
+            commit(prepared, saved_a, what)
     assert fired, "the injected failure never ran: the save no longer calls the patched write function"
 
     assert_holds(saved_a, state_a)
@@ -157,29 +188,31 @@ def test_interruption_before_the_metadata_commit_keeps_the_previous_data_and_nex
 ):
     folder = saved_a[what]
     committed = data_files(folder)
-    assert len(committed) == 1
+    assert_one_of_each(committed, what)
 
     def interrupted(path, data):
         raise OSError(errno.EIO, "interrupted before the commit")
 
+    prepared = prepare(state_b, saved_a, what)
     with monkeypatch.context() as patch:
         patch.setattr(f"imagesearch.{'collection' if what == 'embeddings' else 'index'}.write_json", interrupted)
         with pytest.raises(OSError, match="interrupted before the commit"):
-            save(state_b, saved_a, what)
+            commit(prepared, saved_a, what)
 
-    # The metadata still names the previous data file, which is still there next to the new, orphaned one.
+    # The metadata still names the previous data files, which are still there next to the new, orphaned ones.
     previous_metadata = (folder / metadata).read_text(encoding="utf-8")
-    assert committed[0] in previous_metadata
+    assert all(name in previous_metadata for name in committed)
     orphans = [name for name in data_files(folder) if name not in committed]
-    assert len(orphans) == 1 and orphans[0] not in previous_metadata
+    assert any(name.startswith(f"{stem}.") for name in orphans), orphans
+    assert not any(name in previous_metadata for name in orphans)
     assert_holds(saved_a, state_a)
 
     save(state_b, saved_a, what)
     loaded = load_embeddings(folder) if what == "embeddings" else load_index(folder)
     assert loaded.paths == state_b.paths
     remaining = data_files(folder)
-    assert len(remaining) == 1 and remaining[0].startswith(f"{stem}.")
-    assert remaining[0] not in committed + orphans
+    assert_one_of_each(remaining, what)
+    assert not set(remaining) & set(committed + orphans)
     assert temporary_files(folder) == []
 
 
@@ -209,15 +242,12 @@ info = EmbedderInfo("test", "none", {DIM}, (224, 224))
 states = {{}}
 for name, value in {KILL_STATES!r}.items():
     items = [ImageRecord(row, f"{{name.lower()}}/{{row:04}}.jpg", 0, 0, f"{{row:064x}}") for row in range({ROWS})]
-    embeddings = Embeddings(np.full(({ROWS}, {DIM}), value, np.float32), items, info, "/nowhere", next_id={ROWS})
-    states[name] = (embeddings, build_index(embeddings, "Flat"))
+    states[name] = Embeddings(np.full(({ROWS}, {DIM}), value, np.float32), items, info, "/nowhere", next_id={ROWS})
 
 def save(name):
-    embeddings = states[name][0]
-    # A copy: a save rebinds what it saved to the shards it wrote, which the other state's save deletes.
-    save_embeddings(Embeddings(embeddings.vectors, embeddings.items, info, "/nowhere", next_id={ROWS}),
-                    folder / "embeddings")
-    save_index(states[name][1], folder / "index")
+    # The embeddings, then an index of them as saved (an index on disk points at the saved embeddings).
+    saved = save_embeddings(states[name], folder / "embeddings")
+    save_index(build_index(saved, "Flat"), folder / "index")
 """
 
 SAVE_FOREVER = CHILD_PRELUDE + """
@@ -254,18 +284,36 @@ def state_of(vectors: np.ndarray) -> str:
     raise AssertionError(f"vectors are neither all 1.0 nor all 2.0: values {np.unique(vectors)[:5]}")
 
 
-def assert_each_folder_wholly_one_state(folder: Path) -> tuple[str, str]:
+def assert_each_folder_wholly_one_state(folder: Path) -> tuple[str, str, bool]:
+    """Each folder holds one whole state: (the embeddings' state, the index's, whether the index is current).
+
+    A kill between the two commits leaves the index of the state saved before, pointing at a collection
+    version that was saved over since: `load_index` refuses it as out of date, but it must be whole all the
+    same, for the next update to start from (`load_previous_index`, without a damage warning).
+    """
     embeddings = load_embeddings(folder / "embeddings")
     assert embeddings.vectors.shape == (ROWS, DIM)
     embeddings_state = state_of(embeddings.vectors)
     assert embeddings.paths == kill_state_paths(embeddings_state)
 
-    index = load_index(folder / "index")  # itself checks the FAISS file against its metadata
+    try:
+        index = load_index(folder / "index")  # itself checks the FAISS file against its metadata and the records
+    except ArtifactError as error:
+        assert re.search("(update|rebuild) the index", str(error)), error
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", DamagedStateWarning)
+            stale = load_previous_index(folder / "index")
+        assert stale is not None and len(stale) == ROWS
+        ids = held_ids(stale.index)
+        assert np.array_equal(ids, np.arange(ROWS))
+        index_state = state_of(stale.index.reconstruct_batch(ids))
+        assert index_state != embeddings_state  # the state saved before: the saves alternate
+        return embeddings_state, index_state, False
     assert len(index) == ROWS
     index_state = state_of(index.vectors())
+    assert index_state == embeddings_state  # a current index indexes the embeddings saved beside it
     assert index.paths == kill_state_paths(index_state)
-    assert index.sha256 == [f"{index_state}-{row}" for row in range(ROWS)]
-    return embeddings_state, index_state
+    return embeddings_state, index_state, True
 
 
 def read_lines(stream, lines: queue.Queue) -> None:
@@ -303,21 +351,22 @@ def test_process_killed_at_random_moments_while_saving_leaves_each_folder_wholly
         assert_each_folder_wholly_one_state(tmp_path)
 
     # One more save cleans up what the kills left: temporary files and unreferenced data files.
-    embeddings = load_embeddings(tmp_path / "embeddings")
-    save_embeddings(embeddings, tmp_path / "embeddings")
-    save_index(build_index(embeddings, "Flat"), tmp_path / "index")
-    assert len(data_files(tmp_path / "embeddings")) == 1
-    assert len(data_files(tmp_path / "index")) == 1
+    saved = save_embeddings(load_embeddings(tmp_path / "embeddings"), tmp_path / "embeddings")
+    save_index(build_index(saved, "Flat"), tmp_path / "index")
+    assert_one_of_each(data_files(tmp_path / "embeddings"), "embeddings")
+    assert_one_of_each(data_files(tmp_path / "index"), "index")
     assert temporary_files(tmp_path / "embeddings") == temporary_files(tmp_path / "index") == []
-    assert_each_folder_wholly_one_state(tmp_path)
+    assert assert_each_folder_wholly_one_state(tmp_path)[2]
 
 
 @pytest.mark.parametrize(
     ("killed_file", "folder"),
     [
         pytest.param("vectors.*.npy", "embeddings", id="vectors"),
-        pytest.param("skipped.csv", "embeddings", id="skipped-report"),
+        pytest.param("items.*.parquet", "embeddings", id="items"),
+        pytest.param("skipped.*.parquet", "embeddings", id="skipped"),
         pytest.param(MANIFEST_FILE, "embeddings", id="manifest"),
+        pytest.param("skipped.csv", "embeddings", id="skipped-report"),
         pytest.param("index.*.faiss", "index", id="faiss-index"),
         pytest.param(METADATA_FILE, "index", id="index-metadata"),
     ],
@@ -332,15 +381,15 @@ def test_process_killed_before_a_file_is_renamed_into_place_keeps_state_and_next
     assert len(leftovers) == 1 and fnmatch(leftovers[0], f"{TEMPORARY_PREFIX}{killed_file}.*")
 
     # The killed save was of state B. Killed before its commit (the manifest's rename), the embeddings folder
-    # still holds A; killed after it (the skip report is written last), it holds B. The index, saved after the
-    # embeddings, holds A throughout.
+    # still holds A, and the index of A is current; killed after it (the skip report is written last, then the
+    # index is saved), it holds B, and the index, not saved yet, is still the whole one of A, out of date.
     states = assert_each_folder_wholly_one_state(tmp_path)
-    committed = killed_file not in ("vectors.*.npy", MANIFEST_FILE)
-    assert states == ("B" if committed else "A", "A")
+    committed = killed_file not in ("vectors.*.npy", "items.*.parquet", "skipped.*.parquet", MANIFEST_FILE)
+    assert states == (("B", "A", False) if committed else ("A", "A", True))
 
-    embeddings = load_embeddings(tmp_path / "embeddings")
-    save_embeddings(embeddings, tmp_path / "embeddings")
-    save_index(build_index(embeddings, "Flat"), tmp_path / "index")
+    saved = save_embeddings(load_embeddings(tmp_path / "embeddings"), tmp_path / "embeddings")
+    save_index(build_index(saved, "Flat"), tmp_path / "index")
     for directory in ["embeddings", "index"]:
-        assert len(data_files(tmp_path / directory)) == 1
+        assert_one_of_each(data_files(tmp_path / directory), directory)
         assert temporary_files(tmp_path / directory) == []
+    assert assert_each_folder_wholly_one_state(tmp_path) == (states[0], states[0], True)

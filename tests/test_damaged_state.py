@@ -4,7 +4,9 @@ Each case damages a copy of a saved collection of eight images (in shards of thr
 shard is a few of them), checks the one `error:` line that the command which reads that file for real gives,
 then runs the command the line advises, word for word, and checks that the artifacts are whole again: the
 embeddings and the index load, exactly the lost images went through the model, every other image kept its id
-and its vector, and searches answer as they did from the fresh full build the copy was made of.
+and its vector, and searches answer as they did from the fresh full build the copy was made of. (Where a shard's
+items file is damaged, which image each of its vectors is, is lost with it: those images come back as new ones,
+under new ids; where a shard's vectors are, their images keep their ids.)
 
 The command line runs in this process (`cli.main`) with the session's random-weights ResNet50, counted; one
 test runs it as a subprocess, to see what a person sees.
@@ -23,7 +25,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
+import faiss
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from imagesearch import cli, collection
@@ -137,27 +142,37 @@ def warnings_of(result: Run) -> list[str]:
 
 
 def data_files(folder: Path) -> list[str]:
-    return sorted(path.name for path in [*folder.glob("vectors.*.npy"), *folder.glob("index.*.faiss")])
+    patterns = ["vectors.*.npy", "items.*.parquet", "skipped.*.parquet", "index.*.faiss"]
+    return sorted(path.name for pattern in patterns for path in folder.glob(pattern))
 
 
-def assert_whole(artifacts: Path, saved: Saved, lost: set[str]) -> None:
+def assert_whole(artifacts: Path, saved: Saved, lost: set[str], renumbered: set[str] = frozenset()) -> None:
     """The artifacts load, hold every image under its id, the vectors of all but `lost` bit for bit and those of
     `lost` to float precision (embedded again, in other batches), no file they do not name, and search as the
-    fresh full build did."""
+    fresh full build did.
+
+    `renumbered` (of `lost`) are images whose records were lost with a damaged items file: nothing said they
+    had been embedded, so they came back as new images, under new ids (never one an image had before)."""
     embeddings = load_embeddings(embeddings_dir(artifacts))
     assert embeddings.paths == sorted(NAMES)
-    assert dict(zip(embeddings.paths, embeddings.ids.tolist())) == saved.ids
+    ids = dict(zip(embeddings.paths, embeddings.ids.tolist()))
+    assert {path: ids[path] for path in NAMES if path not in renumbered} == {
+        path: image_id for path, image_id in saved.ids.items() if path not in renumbered
+    }
+    new_ids = {ids[path] for path in renumbered}
+    assert len(new_ids) == len(renumbered) and min(new_ids, default=len(NAMES)) >= len(NAMES), ids
     scale = max(np.abs(vector).max() for vector in saved.vectors.values())
     for path, vector in zip(embeddings.paths, embeddings.vectors):
         if path in lost:
             assert np.allclose(vector, saved.vectors[path], rtol=0, atol=1e-5 * scale), path
         else:
             assert vector.tobytes() == saved.vectors[path].tobytes(), path
-    named = [shard["file"] for shard in manifest_of(artifacts)["shards"]]
-    assert data_files(embeddings_dir(artifacts)) == sorted(named)
+    manifest = manifest_of(artifacts)
+    named = [name for shard in manifest["shards"] for name in (shard["vectors"], shard["items"])]
+    assert data_files(embeddings_dir(artifacts)) == sorted([*named, manifest["skipped"]["file"]])
 
     index = load_index(index_dir(artifacts))
-    assert (index.paths, index.ids) == (embeddings.paths, embeddings.ids.tolist())
+    assert (index.paths, index.ids.tolist()) == (embeddings.paths, embeddings.ids.tolist())
     assert len(data_files(index_dir(artifacts))) == 1
     for answers in (searches(index), searches(build_index(embeddings))):  # the saved index, and a full rebuild
         assert [[path for path, _ in hits] for hits in answers] == [[path for path, _ in hits] for hits in saved.hits]
@@ -170,11 +185,17 @@ def assert_whole(artifacts: Path, saved: Saved, lost: set[str]) -> None:
 
 
 def shard_file(artifacts: Path, number: int) -> Path:
-    return embeddings_dir(artifacts) / manifest_of(artifacts)["shards"][number]["file"]
+    """Shard `number`'s vectors file."""
+    return embeddings_dir(artifacts) / manifest_of(artifacts)["shards"][number]["vectors"]
+
+
+def items_file(artifacts: Path, number: int) -> Path:
+    """Shard `number`'s items file: the records of the images whose vectors it holds."""
+    return embeddings_dir(artifacts) / manifest_of(artifacts)["shards"][number]["items"]
 
 
 def images_in_shard(artifacts: Path, number: int) -> set[str]:
-    return {item[1] for item in manifest_of(artifacts)["items"] if item[5] == number}
+    return set(pq.read_table(items_file(artifacts, number)).column("path").to_pylist())
 
 
 def truncate_shard(artifacts: Path) -> tuple[Path, set[str]]:
@@ -184,9 +205,10 @@ def truncate_shard(artifacts: Path) -> tuple[Path, set[str]]:
 
 
 def delete_shard(artifacts: Path) -> tuple[Path, set[str]]:
+    lost = images_in_shard(artifacts, 0)
     path = shard_file(artifacts, 0)
     path.unlink()
-    return path, images_in_shard(artifacts, 0)
+    return path, lost
 
 
 def overwrite_shard(artifacts: Path) -> tuple[Path, set[str]]:
@@ -201,12 +223,28 @@ def shard_of_other_shape(artifacts: Path) -> tuple[Path, set[str]]:
     return path, images_in_shard(artifacts, 1)
 
 
-def row_out_of_range(artifacts: Path) -> tuple[Path, set[str]]:
-    manifest = manifest_of(artifacts)
-    manifest["items"][4][6] = 99  # row 99 of a 3-row shard
-    path = embeddings_dir(artifacts) / MANIFEST_FILE
-    path.write_text(json.dumps(manifest))
-    return path, {manifest["items"][4][1]}
+# A damaged items file loses which image each of its shard's vectors is: its images come back as new ones.
+
+
+def items_row_out_of_range(artifacts: Path) -> tuple[Path, set[str]]:
+    path = items_file(artifacts, 1)
+    table = pq.read_table(path)
+    rows = table.column("row").to_pylist()
+    rows[1] = 99  # row 99 of a 3-row shard
+    pq.write_table(table.set_column(table.schema.get_field_index("row"), "row", pa.array(rows, pa.int32())), path)
+    return path, set(table.column("path").to_pylist())
+
+
+def delete_items(artifacts: Path) -> tuple[Path, set[str]]:
+    lost = images_in_shard(artifacts, 2)
+    (path := items_file(artifacts, 2)).unlink()
+    return path, lost
+
+
+def overwrite_items(artifacts: Path) -> tuple[Path, set[str]]:
+    lost = images_in_shard(artifacts, 0)
+    (path := items_file(artifacts, 0)).write_bytes(b"these were records once")
+    return path, lost
 
 
 def manifest_not_json(artifacts: Path) -> tuple[Path, set[str]]:
@@ -217,10 +255,13 @@ def manifest_not_json(artifacts: Path) -> tuple[Path, set[str]]:
 
 def manifest_of_wrong_shape(artifacts: Path) -> tuple[Path, set[str]]:
     manifest = manifest_of(artifacts)
-    manifest["items"][2] = manifest["items"][2][:4]  # valid JSON: an image without its hash or its vector's place
+    del manifest["shards"][2]["items"]  # valid JSON: a shard without the file that says whose its vectors are
     path = embeddings_dir(artifacts) / MANIFEST_FILE
     path.write_text(json.dumps(manifest))
     return path, set(NAMES)
+
+
+ITEMS_DAMAGE = {items_row_out_of_range, delete_items, overwrite_items}
 
 
 @pytest.mark.parametrize(
@@ -230,10 +271,13 @@ def manifest_of_wrong_shape(artifacts: Path) -> tuple[Path, set[str]]:
         pytest.param(delete_shard, ", named by the manifest, is missing", id="shard-deleted"),
         pytest.param(overwrite_shard, " is damaged (not a readable .npy file", id="shard-not-npy"),
         pytest.param(shard_of_other_shape, " is damaged (it holds (2, 2048) float32", id="shard-other-shape"),
-        pytest.param(row_out_of_range, " is damaged (it lists 1 image outside its shards)", id="manifest-row-outside"),
+        pytest.param(items_row_out_of_range, " is damaged (its rows are not distinct rows of the 3 in vectors.",
+                     id="items-row-outside"),
+        pytest.param(delete_items, ", named by the manifest, is missing", id="items-deleted"),
+        pytest.param(overwrite_items, " is damaged (not a readable Parquet file: ", id="items-not-parquet"),
         pytest.param(manifest_not_json, " is damaged (not JSON: ", id="manifest-not-json"),
-        pytest.param(manifest_of_wrong_shape, " is damaged (not a manifest as this code writes them: ",
-                     id="manifest-wrong-shape"),
+        pytest.param(manifest_of_wrong_shape, " is damaged (not a manifest as this code writes them: no 'items' "
+                     "entry)", id="manifest-wrong-shape"),
     ],
 )
 def test_damaged_embeddings_are_named_in_one_line_and_the_advised_extract_re_embeds_only_what_is_lost(
@@ -241,13 +285,15 @@ def test_damaged_embeddings_are_named_in_one_line_and_the_advised_extract_re_emb
 ):
     damaged, lost = damage(artifacts)
     manifest_lost = lost == set(NAMES)
+    records_lost = damage in ITEMS_DAMAGE  # which image each vector of the shard is, is lost too
 
     message = the_error(run("index", "--artifacts", artifacts))  # notebook 02 reads them the same way
     assert message.startswith(f"{damaged}{problem}"), message
     command = advised(message)
     assert command == ["extract", "--images", str(saved.images), "--artifacts", str(artifacts), "--weights", "random"]
     if not manifest_lost:
-        held = "the vector of 1 image is lost" if len(lost) == 1 else f"the vectors of {len(lost)} images are lost"
+        what = "record" if records_lost else "vector"
+        held = f"the {what} of 1 image is lost" if len(lost) == 1 else f"the {what}s of {len(lost)} images are lost"
         assert held in message
         assert "only the images whose vectors are lost go through the model" in message
 
@@ -255,8 +301,11 @@ def test_damaged_embeddings_are_named_in_one_line_and_the_advised_extract_re_emb
     assert repair.status == 0, repair.err
     assert any(str(damaged) in line for line in warnings_of(repair)), repair.err
     assert repair.embedded == len(lost)
-    if manifest_lost:  # nothing says which vector is whose: every image is embedded again
-        assert "this run: 8 added, 0 changed, 0 removed, 0 renamed, 0 unchanged, 0 skipped\n" in repair.out
+    if manifest_lost or records_lost:  # nothing says which vector is whose: those images are embedded as new
+        assert (
+            f"this run: {len(lost)} added, 0 changed, 0 removed, 0 renamed, {8 - len(lost)} unchanged, 0 skipped\n"
+            in repair.out
+        )
     else:
         assert (
             f"this run: 0 added, 0 changed, 0 removed, 0 renamed, {8 - len(lost)} unchanged, 0 skipped, "
@@ -266,8 +315,11 @@ def test_damaged_embeddings_are_named_in_one_line_and_the_advised_extract_re_emb
 
     update = run("index", "--artifacts", artifacts)
     assert update.status == 0, update.err
-    assert "updated in place: 0 vectors added, 0 removed" in update.out  # the index still held every image
-    assert_whole(artifacts, saved, lost)
+    if manifest_lost:  # the collection the index was of is lost with its manifest: the index is built anew
+        assert "built from scratch: 8 vectors added, 8 removed" in update.out
+    else:  # exactly the vectors embedded again are newer than the index: only they are swapped
+        assert f"updated in place: {len(lost)} vectors added, {len(lost)} removed" in update.out
+    assert_whole(artifacts, saved, lost, renumbered=lost if records_lost else set())
 
     again = run(*command)  # whole again: nothing more to repair
     assert (again.status, again.err, again.embedded) == (0, "", 0)
@@ -285,7 +337,7 @@ def test_the_repair_keeps_the_ids_of_lost_images_and_treats_one_since_changed_or
 
     with pytest.warns(DamagedStateWarning, match=r"is damaged \(truncated.*; its 3 images are embedded again"):
         previous = load_previous_embeddings(folder)
-    assert sorted(item.path for item in previous.lost) == sorted(lost)
+    assert sorted(previous.lost.paths) == sorted(lost)
     result = extract_embeddings(images, counting_embedder, progress=False, previous=previous, checkpoint_dir=folder)
 
     assert counting_embedder.images_embedded == 2
@@ -386,21 +438,29 @@ def metadata_not_json(artifacts: Path) -> Path:
     return path
 
 
-def metadata_count_wrong(artifacts: Path) -> Path:
-    return edit_metadata(artifacts, lambda metadata: metadata.update(count=metadata["count"] + 1))
+def metadata_count_more(artifacts: Path) -> Path:
+    edit_metadata(artifacts, lambda metadata: metadata.update(count=metadata["count"] + 1))
+    return index_file(artifacts)  # now holds one vector fewer than index.json says
 
 
-def metadata_lists_fewer_images(artifacts: Path) -> Path:
-    def drop_one(metadata):
-        metadata["items"].pop()
-        metadata["count"] -= 1
+def metadata_count_fewer(artifacts: Path) -> Path:
+    edit_metadata(artifacts, lambda metadata: metadata.update(count=metadata["count"] - 1))
+    return index_file(artifacts)  # now holds one vector more than index.json says
 
-    edit_metadata(artifacts, drop_one)
-    return index_file(artifacts)  # now holds one vector more than index.json lists
+
+def index_of_other_ids(artifacts: Path) -> Path:
+    """The index file holds the same vectors, as many as index.json says, but under ids no image has."""
+    path = index_file(artifacts)
+    index = faiss.read_index(str(path))
+    held = faiss.vector_to_array(faiss.downcast_index(index).id_map)
+    other = faiss.IndexIDMap2(faiss.IndexFlatL2(index.d))
+    other.add_with_ids(index.reconstruct_batch(held), held + 100)
+    faiss.write_index(other, str(path))
+    return index_dir(artifacts) / METADATA_FILE
 
 
 def metadata_of_wrong_shape(artifacts: Path) -> Path:
-    return edit_metadata(artifacts, lambda metadata: metadata.update(items={"cats/img_0.jpg": 0}))
+    return edit_metadata(artifacts, lambda metadata: metadata["collection"].pop("commit"))
 
 
 @pytest.mark.parametrize(
@@ -413,12 +473,14 @@ def metadata_of_wrong_shape(artifacts: Path) -> Path:
                      id="index-file-truncated"),
         pytest.param(metadata_not_json, " is damaged (not JSON: Expecting value: line 1 column 1 (char 0))",
                      id="index-json-not-json"),
-        pytest.param(metadata_count_wrong, " is damaged (not index metadata as this code writes it: its count 9 is not "
-                     "the 8 images it lists)", id="index-json-count-wrong"),
-        pytest.param(metadata_lists_fewer_images, " is damaged (it holds 8 vectors, 2048-d, but index.json lists 7 "
-                     "images, 2048-d", id="index-json-lists-fewer"),
-        pytest.param(metadata_of_wrong_shape, " is damaged (not index metadata as this code writes it: an image entry",
-                     id="index-json-wrong-shape"),
+        pytest.param(metadata_count_more, " is damaged (it holds 8 vectors, 2048-d, but index.json lists 9 images, "
+                     "2048-d", id="index-json-count-more"),
+        pytest.param(metadata_count_fewer, " is damaged (it holds 8 vectors, 2048-d, but index.json lists 7 images, "
+                     "2048-d", id="index-json-count-fewer"),
+        pytest.param(index_of_other_ids, " is damaged (its index holds 8 vectors, but not under the ids of the 8 "
+                     "images of the version it names", id="index-holds-other-ids"),
+        pytest.param(metadata_of_wrong_shape, " is damaged (not index metadata as this code writes it: no 'commit' "
+                     "entry)", id="index-json-wrong-shape"),
     ],
 )
 def test_a_damaged_index_is_named_in_one_line_and_the_advised_index_rebuilds_it_from_the_embeddings(

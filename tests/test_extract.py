@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import subprocess
 import sys
@@ -19,7 +18,15 @@ from imagesearch.storage import FORMAT_VERSION, LOCK_FILE, ArtifactError, atomic
 
 def shard_files(directory) -> list:
     """The vector shards the committed manifest names."""
-    return [directory / shard["file"] for shard in json.loads((directory / MANIFEST_FILE).read_text())["shards"]]
+    return [directory / shard["vectors"] for shard in json.loads((directory / MANIFEST_FILE).read_text())["shards"]]
+
+
+def committed_files(directory) -> list[str]:
+    """Every file a save commits, by name: the manifest, each shard's vectors and items, the skipped list,
+    and the skip report for people."""
+    manifest = json.loads((directory / MANIFEST_FILE).read_text())
+    shards = [name for shard in manifest["shards"] for name in (shard["vectors"], shard["items"])]
+    return sorted([MANIFEST_FILE, *shards, manifest["skipped"]["file"], SKIPPED_FILE])
 
 
 GOOD = ["a.jpg", "nested/b.png", "nested/d.JPG", "nested/deeper/c.gif", "z.webp"]  # in list_images order
@@ -103,15 +110,17 @@ def test_extract_rejects_a_batch_size_below_one(tmp_path, random_resnet, batch_s
 def saved(tmp_path, messy_embeddings):
     """A folder written by save_embeddings from the messy extraction."""
     directory = tmp_path / "embeddings"
-    save_embeddings(dataclasses.replace(messy_embeddings), directory)  # a save rebinds what it saved to its files
+    save_embeddings(messy_embeddings, directory)
     return directory
 
 
 def test_save_then_load_embeddings_gives_back_the_same_embeddings(tmp_path, messy_embeddings):
-    written = save_embeddings(dataclasses.replace(messy_embeddings), tmp_path / "embeddings")
-    assert sorted(path.name for path in written) == sorted(
-        [*(path.name for path in shard_files(tmp_path / "embeddings")), MANIFEST_FILE, SKIPPED_FILE]
-    )
+    saved = save_embeddings(messy_embeddings, tmp_path / "embeddings")
+    on_disk = sorted(path.name for path in (tmp_path / "embeddings").iterdir() if path.name != LOCK_FILE)
+    assert on_disk == committed_files(tmp_path / "embeddings")  # what the manifest names, and nothing else
+    assert len(shard_files(tmp_path / "embeddings")) == 1
+    assert saved.is_saved and saved.items == messy_embeddings.items
+    assert saved.vectors.tobytes() == messy_embeddings.vectors.tobytes()
     loaded = load_embeddings(tmp_path / "embeddings")
     assert loaded.vectors.dtype == np.float32
     assert loaded.vectors.tobytes() == messy_embeddings.vectors.tobytes()
@@ -190,8 +199,8 @@ def test_saved_files_get_umask_permissions_not_private_temp_file_permissions(tmp
     )
     subprocess.run([sys.executable, "-c", script, str(tmp_path)], cwd=repo_root, check=True, umask=0o022)
     modes = {path.name: oct(path.stat().st_mode & 0o777) for path in tmp_path.iterdir()}
-    assert set(modes) == {*(path.name for path in shard_files(tmp_path)), MANIFEST_FILE, SKIPPED_FILE, LOCK_FILE}
-    assert sorted(modes.values()) == [oct(0o644)] * 4
+    assert set(modes) == {*committed_files(tmp_path), LOCK_FILE}
+    assert sorted(modes.values()) == [oct(0o644)] * 6  # manifest, vectors, items, skipped, skipped.csv, lock
 
 
 # --- decoding ahead in a background thread ---------------------------------------------------------

@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 
 from imagesearch import index as index_module
+from imagesearch.collection import load_embeddings, save_embeddings
 from imagesearch.evaluate import self_check
 from imagesearch.images import ImageLoadError
 from imagesearch.index import METADATA_FILE, _faiss_threads, _training_sample, build_index, load_index, save_index
 from imagesearch.query import EmbedderMismatchError, check_compatible, search_image, search_indexed
-from imagesearch.storage import ArtifactError
+from imagesearch.storage import ArtifactError, DamagedStateError
 
 
 def index_file(directory):
@@ -36,6 +37,12 @@ def embeddings(make_embeddings, vectors):
 @pytest.fixture(scope="module")
 def flat(embeddings):
     return build_index(embeddings, "Flat")
+
+
+@pytest.fixture
+def saved_flat(tmp_path, embeddings):
+    """A Flat index of the embeddings as saved in tmp_path/embeddings (an index is saved only from those)."""
+    return build_index(save_embeddings(embeddings, tmp_path / "embeddings"), "Flat")
 
 
 def brute_force_paths(vectors: np.ndarray, query: np.ndarray, paths: list[str], k: int) -> list[str]:
@@ -163,10 +170,11 @@ def test_id_of_an_unknown_path_raises_key_error(flat):
 @pytest.mark.parametrize("factory", ["Flat", "IVF4,Flat", "HNSW8"])
 def test_save_then_load_index_answers_the_same(tmp_path, make_embeddings, factory):
     data = np.random.default_rng(1).normal(size=(200, 16)).astype(np.float32)  # enough to train IVF4
-    original = build_index(make_embeddings(data, [f"img_{row:03d}.jpg" for row in range(200)]), factory)
-    written = save_index(original, tmp_path)
-    assert sorted(path.name for path in written) == sorted([index_file(tmp_path).name, METADATA_FILE])
-    loaded = load_index(tmp_path)
+    embeddings = make_embeddings(data, [f"img_{row:03d}.jpg" for row in range(200)])
+    original = build_index(save_embeddings(embeddings, tmp_path / "embeddings"), factory)
+    written = save_index(original, tmp_path / "index")
+    assert sorted(path.name for path in written) == sorted([index_file(tmp_path / "index").name, METADATA_FILE])
+    loaded = load_index(tmp_path / "index")
     assert (loaded.paths, loaded.embedder, loaded.factory, loaded.image_root) == (
         original.paths, original.embedder, original.factory, original.image_root,
     )
@@ -209,31 +217,55 @@ def test_search_indexed_works_on_an_ivf_index(make_embeddings):
     assert hits[0].path == "img_000.jpg"
 
 
-def test_load_index_with_metadata_listing_another_number_of_images_raises_artifact_error(tmp_path, flat):
-    save_index(flat, tmp_path)
-    metadata = json.loads((tmp_path / METADATA_FILE).read_text())
-    metadata["items"] = metadata["items"][:-1]
-    (tmp_path / METADATA_FILE).write_text(json.dumps(metadata))
+def test_load_index_with_metadata_listing_another_number_of_images_raises_artifact_error(tmp_path, saved_flat):
+    save_index(saved_flat, tmp_path / "index")
+    metadata = json.loads((tmp_path / "index" / METADATA_FILE).read_text())
+    metadata["count"] -= 1
+    (tmp_path / "index" / METADATA_FILE).write_text(json.dumps(metadata))
     with pytest.raises(ArtifactError, match="rebuild the index from the embeddings"):
-        load_index(tmp_path)
+        load_index(tmp_path / "index")
 
 
 @pytest.mark.parametrize("removed", ["index file", "metadata file"])
-def test_load_index_with_a_missing_file_raises_artifact_error(tmp_path, flat, removed):
-    save_index(flat, tmp_path)
-    (index_file(tmp_path) if removed == "index file" else tmp_path / METADATA_FILE).unlink()
+def test_load_index_with_a_missing_file_raises_artifact_error(tmp_path, saved_flat, removed):
+    save_index(saved_flat, tmp_path / "index")
+    (index_file(tmp_path / "index") if removed == "index file" else tmp_path / "index" / METADATA_FILE).unlink()
     with pytest.raises(ArtifactError, match="missing"):
-        load_index(tmp_path)
+        load_index(tmp_path / "index")
+
+
+def test_an_index_of_embeddings_that_are_not_saved_is_not_saved(tmp_path, flat):
+    with pytest.raises(ArtifactError, match="save the embeddings first"):
+        save_index(flat, tmp_path / "index")
+    assert not (tmp_path / "index" / METADATA_FILE).exists()
+
+
+def test_load_index_of_embeddings_saved_since_says_to_update_it(tmp_path, saved_flat):
+    save_index(saved_flat, tmp_path / "index")
+    loaded = load_embeddings(tmp_path / "embeddings")
+    fewer = dataclasses.replace(loaded, store=loaded.store.subset([0, 1, 2]), records=loaded.records.take([0, 1, 2]))
+    save_embeddings(fewer, tmp_path / "embeddings")  # the next version of the same collection
+    with pytest.raises(ArtifactError, match="indexes version 1 of the embeddings .* at version 2 now; update"):
+        load_index(tmp_path / "index")
+
+
+def test_load_index_holding_other_ids_than_its_collection_is_damaged(tmp_path, saved_flat, vectors):
+    save_index(saved_flat, tmp_path / "index")
+    other = faiss.IndexIDMap2(faiss.IndexFlatL2(16))
+    other.add_with_ids(vectors, np.arange(1, 51, dtype=np.int64))  # as many vectors, under ids shifted by one
+    faiss.write_index(other, str(index_file(tmp_path / "index")))
+    with pytest.raises(DamagedStateError, match="not under the ids of the 50 images"):
+        load_index(tmp_path / "index")
 
 
 # --- queries --------------------------------------------------------------------------------------
 
 
-def test_load_index_of_a_corrupt_index_file_raises_artifact_error(tmp_path, flat):
-    save_index(flat, tmp_path)
-    index_file(tmp_path).write_bytes(b"not a faiss index")
+def test_load_index_of_a_corrupt_index_file_raises_artifact_error(tmp_path, saved_flat):
+    save_index(saved_flat, tmp_path / "index")
+    index_file(tmp_path / "index").write_bytes(b"not a faiss index")
     with pytest.raises(ArtifactError, match="not a readable FAISS index"):
-        load_index(tmp_path)
+        load_index(tmp_path / "index")
 
 
 def test_search_indexed_excludes_the_query_image_by_default(flat):
