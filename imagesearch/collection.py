@@ -171,7 +171,7 @@ class Embeddings:
                 self.unchanged = self.unchanged[order]
             if not self.records.is_sorted_by_path():
                 raise ValueError("an image path is listed twice")
-        if len(np.unique(self.records.ids)) != len(self.records):
+        if not self.records.has_unique_ids():
             raise ValueError("an image id is listed twice")
         # Ids are never reused; embeddings made by hand may have left next_id at 0.
         highest = max(int(self.records.ids.max(initial=-1)), int(self.lost.ids.max(initial=-1)))
@@ -244,8 +244,10 @@ def _save_embeddings(embeddings: Embeddings, directory: Path) -> Embeddings:
     entries: list[ShardEntry] = []
     base_entries = {entry.vectors: entry for entry in base.shards} if base else {}
     unchanged = np.ones(len(store), bool) if embeddings.unchanged is None else embeddings.unchanged
+    by_source = np.argsort(store.locations[:, 0], kind="stable")  # the rows of each source, grouped once
+    bounds = np.searchsorted(store.locations[by_source, 0], np.arange(len(store.sources) + 1))
     for number, source, rows in kept:
-        mine = np.flatnonzero(store.locations[:, 0] == number)
+        mine = by_source[bounds[number] : bounds[number + 1]]
         shard_of_row[mine], row_in_shard[mine] = len(entries), store.locations[mine, 1]
         entry = base_entries.get(source.path.name)
         if not (entry and entry.items and entry.images == len(mine) and unchanged[mine].all()):

@@ -45,9 +45,10 @@ def list_files(root: str | os.PathLike) -> Listing:
     root = Path(root)
     scan = scan_folder(root)
     paths, sizes, times, unreadable = [], [], [], []
+    base = f"{root}{os.sep}"
     for path in scan.images:
         try:
-            stat = os.stat(root / path)
+            stat = os.stat(base + path)
         except OSError as error:  # a dangling symlink, a file that vanished
             unreadable.append(Skipped(path, unreadable_reason(root / path, error)))
             continue

@@ -90,7 +90,7 @@ class VectorStore:
 
     def __init__(self, sources: Sequence[Source], locations: np.ndarray, dim: int):
         locations = np.asarray(locations, dtype=np.int64).reshape(-1, 2)
-        used = np.unique(locations[:, 0])
+        used = np.flatnonzero(np.bincount(locations[:, 0], minlength=len(sources)))  # O(n), unlike np.unique
         renumber = np.full(len(sources), -1, dtype=np.int64)
         renumber[used] = np.arange(len(used))
         self.sources: list[Source] = [sources[number] for number in used]
