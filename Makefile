@@ -60,12 +60,13 @@ figure: install  ## redraw the README's picture with the shared pretrained Mobil
 		--example coffee__lighting.jpg --example camera__crop.jpg --example rocket__mirror.jpg
 	cp $(ARTIFACTS)/figure/example_queries.jpg docs/example_results.jpg
 
-benchmarks: install  ## every benchmark at the sizes the README quotes (about 25 minutes)
+benchmarks: install  ## every benchmark at the sizes the README quotes (about 30 minutes)
 	$(BIN)/python benchmarks/extraction.py --count 448 --batch-size 32
 	$(BIN)/python benchmarks/precision.py --count 448
 	$(BIN)/python benchmarks/incremental.py --count 10000
 	$(BIN)/python benchmarks/memory.py --counts 2000 20000
 	$(BIN)/python benchmarks/query_latency.py --sizes 10000 100000
+	$(BIN)/python benchmarks/collection_scale.py --scan-count 1000000
 
 clean:
 	rm -rf $(ARTIFACTS)

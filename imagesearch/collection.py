@@ -28,7 +28,6 @@ converted by their next save.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import os
 import secrets
@@ -43,6 +42,7 @@ import pyarrow.parquet as pq
 
 from .embedders import EmbedderInfo
 from .images import describe_ignored
+from .journal import delete_journal
 from .manifest import (
     ITEMS_SCHEMA,
     MANIFEST_FILE,
@@ -66,7 +66,6 @@ from .storage import (
 )
 from .vectors import FileSource, VectorStore, shard_damage, shard_shape, write_shard
 
-JOURNAL_DIR, JOURNAL_SUFFIX = "pending", ".npz"
 SKIPPED_FILE = "skipped.csv"
 SHARD_STEM, SHARD_SUFFIX = "vectors", ".npy"
 ITEMS_STEM, SKIPPED_STEM, PARQUET_SUFFIX = "items", "skipped", ".parquet"
@@ -148,7 +147,7 @@ class Embeddings:
     skipped: list[Skipped] = field(default_factory=list)
     next_id: int = 0  # ids are never reused, so an id names one image content for good
     changes: Changes = field(default_factory=Changes)
-    journal: list[Path] = field(default_factory=list)  # the journal files a save deletes (see extract._Journal)
+    journal: list[Path] = field(default_factory=list)  # the journal files a save deletes (see journal.Journal)
     # Images a damaged folder lost the vectors of (`load_previous_embeddings`): not in `records`; an extraction
     # given these embeddings as `previous` embeds them again under the same ids.
     lost: Records = field(default_factory=Records.empty)
@@ -299,7 +298,7 @@ def _save_embeddings(embeddings: Embeddings, directory: Path) -> Embeddings:
     remove_stale(directory, ITEMS_STEM, PARQUET_SUFFIX, keep={entry.items for entry in entries})
     remove_stale(directory, SKIPPED_STEM, PARQUET_SUFFIX, keep={skipped_file})
     remove_stale(directory, LEGACY_STEM, SHARD_SUFFIX, keep=())
-    _delete_journal(embeddings.journal)
+    delete_journal(embeddings.journal)
     if not (base and skipped_file == base.skipped_file and (directory / SKIPPED_FILE).exists()):
         _write_skipped_report(directory / SKIPPED_FILE, skipped)
     sources = [FileSource(directory / entry.vectors) for entry in entries]
@@ -349,19 +348,6 @@ def _write_skipped_report(path: Path, skipped: list[Skipped]) -> None:
         writer = csv.writer(file)
         writer.writerow(["path", "reason"])
         writer.writerows((skip.path, skip.reason) for skip in skipped)
-
-
-def _delete_journal(files: list[Path]) -> None:
-    """Delete a saved run's journal files, then their folder if nothing else is left in it.
-
-    The save has committed by now: what cannot be deleted is left for the next save.
-    """
-    for path in files:
-        with contextlib.suppress(OSError):  # e.g. a folder someone put there
-            path.unlink(missing_ok=True)
-    for folder in {path.parent for path in files}:
-        with contextlib.suppress(OSError):  # not empty
-            folder.rmdir()
 
 
 def _shards_to_keep(store: VectorStore, directory: Path) -> list[tuple[int, FileSource, int]]:

@@ -21,14 +21,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import queue
 import threading
-import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from fnmatch import fnmatch
 from pathlib import Path
 from stat import S_ISREG
 from typing import TypeVar
@@ -36,13 +33,14 @@ from typing import TypeVar
 import numpy as np
 from tqdm.auto import tqdm
 
-from .collection import JOURNAL_DIR, JOURNAL_SUFFIX, Changes, Embeddings
+from .collection import Changes, Embeddings
 from .embedders import Embedder, EmbedderInfo
 from .images import NOT_A_REGULAR_FILE, ImageLoadError, load_image, unreadable_reason
+from .journal import JOURNAL_DIR, Journal
 from .plan import Plan, list_files, make_plan
 from .records import ImageRecord, Records, Skipped
-from .storage import ArtifactError, atomic_path, exclusive, fresh_name
-from .vectors import ArraySource, FileSource, Source, VectorStore
+from .storage import ArtifactError, exclusive
+from .vectors import Source, VectorStore
 
 T = TypeVar("T")
 
@@ -76,14 +74,14 @@ def extract_embeddings(
         )
     plan = make_plan(list_files(image_root), previous)
     with exclusive(checkpoint_dir) if checkpoint_dir else contextlib.nullcontext():
-        journal = _Journal(Path(checkpoint_dir) / JOURNAL_DIR if checkpoint_dir else None, embedder.info)
+        journal = Journal(Path(checkpoint_dir) / JOURNAL_DIR if checkpoint_dir else None, embedder.info)
         return _Run(plan, previous, embedder, journal).embed(batch_size, progress)
 
 
 class _Run:
     """One extraction's embed step: files are placed as they are read, and the result assembled at the end."""
 
-    def __init__(self, plan: Plan, previous: Embeddings | None, embedder: Embedder, journal: _Journal):
+    def __init__(self, plan: Plan, previous: Embeddings | None, embedder: Embedder, journal: Journal):
         self.plan, self.embedder, self.journal = plan, embedder, journal
         self.previous = previous
         self.old = previous.records if previous else Records.empty()
@@ -221,54 +219,6 @@ class _Run:
             store, records, self.embedder.info, str(self.plan.listing.root), self.skipped, self.plan.next_id,
             changes, self.journal.files, saved=previous.saved if previous else None, unchanged=unchanged,
         )
-
-
-class _Journal:
-    """Vectors embedded by a run that has not been saved yet, one file per batch, so a rerun can resume.
-
-    Each file holds a batch's vectors and, per row, the file it came from
-    (path, size, mtime, SHA-256). A rerun takes a vector only for a file that
-    is unchanged since, and only from the same embedder.
-    """
-
-    def __init__(self, folder: Path | None, embedder: EmbedderInfo):
-        self.folder, self.embedder = folder, embedder
-        self._entries: dict[tuple[str, int, int], tuple[str, tuple[Source, int]]] = {}
-        # What a save of this run deletes: everything the journal held when the run began (earlier runs'
-        # batches, another embedder's, what a killed write left) and the batches this run writes.
-        self.files: list[Path] = sorted(folder.iterdir()) if folder and folder.is_dir() else []
-        for path in [path for path in self.files if fnmatch(path.name, f"batch.*{JOURNAL_SUFFIX}")]:
-            try:
-                with np.load(path) as batch:  # reads only the metadata; vectors are read when they are used
-                    meta = json.loads(batch["meta"].item())
-                journaled_by = EmbedderInfo.from_dict(meta["embedder"])
-            except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile):
-                continue  # damaged (a disk error, a hand edit): only a cache, so it is skipped and deleted at save
-            if journaled_by.compatible_with(embedder):
-                source = FileSource(path, key="vectors")
-                for row, (name, size, mtime_ns, digest) in enumerate(meta["files"]):
-                    self._entries[name, size, mtime_ns] = (digest, (source, row))
-
-    def lookup(self, path: str, size: int, mtime_ns: int) -> tuple[str, tuple[Source, int]] | None:
-        """The SHA-256 and the vector's (source, row) journaled for this file as it is now, if any."""
-        return self._entries.get((path, size, mtime_ns))
-
-    def record(self, records: list[ImageRecord], vectors: np.ndarray) -> Source:
-        """Journal one embedded batch, atomically (whole, or not at all); return where its vectors now are.
-
-        Without a journal folder, the vectors stay in memory.
-        """
-        if self.folder is None:
-            return ArraySource(vectors)
-        meta = {
-            "embedder": self.embedder.to_dict(),
-            "files": [[record.path, record.size, record.mtime_ns, record.sha256] for record in records],
-        }
-        path = self.folder / fresh_name("batch", JOURNAL_SUFFIX)
-        with atomic_path(path) as temporary, open(temporary, "wb") as file:
-            np.savez(file, vectors=vectors, meta=np.array(json.dumps(meta)))
-        self.files.append(path)
-        return FileSource(path, key="vectors")
 
 
 def _prefetched(items: Iterator[T], depth: int) -> Iterator[T]:

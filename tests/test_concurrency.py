@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from imagesearch.collection import JOURNAL_DIR, load_embeddings, save_embeddings
+from imagesearch.collection import load_embeddings, save_embeddings
 from imagesearch.extract import extract_embeddings
 from imagesearch.index import build_index, load_index, save_index
+from imagesearch.journal import JOURNAL_DIR
 from imagesearch.storage import FolderBusyError
 
 #: Holds the save lock of the folder argv[1] until its standard input closes.

@@ -32,9 +32,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from imagesearch import cli, collection
-from imagesearch.collection import JOURNAL_DIR, MANIFEST_FILE, load_embeddings, load_previous_embeddings
+from imagesearch.collection import MANIFEST_FILE, load_embeddings, load_previous_embeddings
 from imagesearch.extract import extract_embeddings
 from imagesearch.index import METADATA_FILE, build_index, load_index
+from imagesearch.journal import JOURNAL_DIR
 from imagesearch.storage import ArtifactError, DamagedStateWarning, embeddings_dir, index_dir
 
 from conftest import CountingEmbedder, write_image

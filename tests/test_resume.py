@@ -12,8 +12,9 @@ import time
 import numpy as np
 import pytest
 
-from imagesearch.collection import JOURNAL_DIR, load_embeddings, save_embeddings
+from imagesearch.collection import load_embeddings, save_embeddings
 from imagesearch.extract import extract_embeddings
+from imagesearch.journal import JOURNAL_DIR
 
 NAMES = [f"photo_{number:02d}.jpg" for number in range(10)]
 

@@ -17,7 +17,6 @@ import pytest
 
 from imagesearch import collection, vectors
 from imagesearch.collection import (
-    JOURNAL_DIR,
     MANIFEST_FILE,
     Embeddings,
     load_embeddings,
@@ -26,6 +25,7 @@ from imagesearch.collection import (
 )
 from imagesearch.extract import extract_embeddings
 from imagesearch.index import build_index
+from imagesearch.journal import JOURNAL_DIR
 from imagesearch.storage import FORMAT_VERSION, ArtifactError, DamagedStateError
 from imagesearch.vectors import ArraySource, FileSource, VectorStore
 
