@@ -79,48 +79,40 @@ def extract_embeddings(
 
 
 class _Run:
-    """One extraction's embed step: files are placed as they are read, and the result assembled at the end."""
+    """One extraction's embed step: each planned file is placed as it is read, and the result assembled at the end."""
 
     def __init__(self, plan: Plan, previous: Embeddings | None, embedder: Embedder, journal: Journal):
-        self.plan, self.embedder, self.journal = plan, embedder, journal
-        self.previous = previous
+        self.plan, self.previous, self.embedder, self.journal = plan, previous, embedder, journal
         self.old = previous.records if previous else Records.empty()
         self.lost = previous.lost if previous else Records.empty()
-        self.old_sha = self.old.table.column("sha256")
-        self.lost_sha = self.lost.table.column("sha256")
-        base = previous.saved.version if previous and previous.saved else max(
-            [0, *([int(self.old.versions.max())] if len(self.old) else [])])
-        self.version = base + 1  # what the next save of these vectors will be: the version that embedded them
-        vanished = self.old.take(plan.vanished)
-        self.vanished = {}  # sha256 -> a vanished record's row in `old`, for renames
-        for row, digest in zip(plan.vanished.tolist(), vanished.table.column("sha256").to_pylist()):
+        self.old_sha, self.lost_sha = self.old.table.column("sha256"), self.lost.table.column("sha256")
+        read = plan.read  # the planned files, by number: columns as arrays, no Python object per file
+        self.paths = read.column("path").combine_chunks()
+        self.sizes, self.times, self.ids = (read.column(name).to_numpy() for name in ("size", "mtime_ns", "id"))
+        self.previous_rows, self.lost_rows = (read.column(name).to_numpy() for name in ("previous", "lost"))
+        # The version the next save makes: the one that embedded the vectors made here.
+        self.version = (previous.saved.version if previous is not None and previous.saved is not None else 0) + 1
+        self.vanished: dict[bytes, int] = {}  # SHA-256 -> the row in `old` of a vanished record, for renames
+        vanished_sha = self.old.take(plan.vanished).table.column("sha256").to_pylist()
+        for row, digest in zip(plan.vanished.tolist(), vanished_sha):
             self.vanished.setdefault(digest, row)
-        self.kept_rows: list[int] = []  # rows of `old` kept where they are, as they are
+        self.kept_rows: list[int] = []  # rows of `old` kept as they are: unreadable now, their vector kept
         self.moved: list[tuple[int, ImageRecord]] = []  # rows of `old` whose vector is kept under a new record
+        self.pending: dict[int, ImageRecord] = {}  # planned files placed, their vector still to make
         self.fresh: list[tuple[ImageRecord, Source, int]] = []  # new vectors: journaled (or in memory)
         self.added, self.changed, self.renamed, self.repaired = [], [], [], []
         self.skipped: list[Skipped] = list(plan.listing.unreadable)
         self.resumed = self.noted = 0
         self.note_example = ""
 
-    def reusable(self, number: int) -> Callable[[bytes], bool]:
-        """Whether a saved vector has the content of planned file `number`, by its SHA-256: then it is not decoded."""
-        previous = int(self.plan.read.column("previous")[number].as_py())
-        if self.plan.read.column("lost")[number].as_py() >= 0:
-            return lambda digest: False
-        if previous >= 0:
-            old_digest = self.old_sha[previous].as_py()
-            return lambda digest: digest == old_digest
-        return lambda digest: digest in self.vanished
+    def path(self, number: int) -> str:
+        return self.paths[number].as_py()
 
     def place(self, number: int, digest: bytes, size: int, mtime_ns: int) -> bool:
-        """File planned file `number` as touched, renamed, repaired, changed or added; return whether it
-        needs a new vector."""
-        read = self.plan.read
-        path, image_id = read.column("path")[number].as_py(), int(read.column("id")[number].as_py())
-        previous, lost = int(read.column("previous")[number].as_py()), int(read.column("lost")[number].as_py())
-        record = ImageRecord(image_id, path, size, mtime_ns, digest.hex(), self.version)
-        if lost >= 0:
+        """File planned file `number`, now read, as touched, renamed, repaired, changed or added; return whether
+        it needs a new vector."""
+        path, previous, lost = self.path(number), int(self.previous_rows[number]), int(self.lost_rows[number])
+        if lost >= 0:  # its saved vector was lost with a damaged shard
             (self.repaired if self.lost_sha[lost].as_py() == digest else self.changed).append(path)
         elif previous >= 0 and self.old_sha[previous].as_py() == digest:  # touched, same content
             old = self.old.item(previous)
@@ -134,17 +126,37 @@ class _Run:
             return False
         else:
             (self.changed if previous >= 0 else self.added).append(path)
-        self.pending[number] = record
+        self.pending[number] = ImageRecord(int(self.ids[number]), path, size, mtime_ns, digest.hex(), self.version)
         return True
 
+    def decode_needed(self) -> Callable[[int], Callable[[bytes], bool]]:
+        """For the reading thread: per planned file, whether its content, once hashed, needs decoding. It does
+        not where a saved vector has that content: the file's own, or (for a new path) a vanished file's, which
+        the first file read with it claims, in the order `place` sees them too."""
+        unclaimed = set(self.vanished)
+
+        def claims(digest: bytes) -> bool:
+            if digest in unclaimed:
+                unclaimed.discard(digest)
+                return False
+            return True
+
+        def needed(number: int) -> Callable[[bytes], bool]:
+            previous, lost = int(self.previous_rows[number]), int(self.lost_rows[number])
+            if lost >= 0:
+                return lambda digest: True
+            if previous >= 0:
+                old_digest = self.old_sha[previous].as_py()
+                return lambda digest: digest != old_digest
+            return claims
+
+        return needed
+
     def embed(self, batch_size: int, progress: bool) -> Embeddings:
-        read, root = self.plan.read, self.plan.listing.root
-        self.pending: dict[int, ImageRecord] = {}
         to_read = []
-        for number in range(len(read)):  # vectors an interrupted run already embedded need no model
-            path = read.column("path")[number].as_py()
-            size, mtime_ns = int(read.column("size")[number].as_py()), int(read.column("mtime_ns")[number].as_py())
-            if (found := self.journal.lookup(path, size, mtime_ns)) is not None:
+        for number in range(len(self.paths)):  # vectors an interrupted run already embedded need no model
+            size, mtime_ns = int(self.sizes[number]), int(self.times[number])
+            if (found := self.journal.lookup(self.path(number), size, mtime_ns)) is not None:
                 digest, (source, row) = found
                 if self.place(number, bytes.fromhex(digest), size, mtime_ns):
                     self.fresh.append((self.pending.pop(number), source, row))
@@ -155,20 +167,18 @@ class _Run:
             resumed_note = f", {self.resumed} resumed from an interrupted run" if self.resumed else ""
             print(f"Nothing new to embed: {len(self.plan.keep)} images unchanged since the last run{resumed_note}.")
         bar = tqdm(total=len(to_read), unit="img", desc="Embedding", disable=not progress or not to_read)
-        paths = [(number, read.column("path")[number].as_py()) for number in to_read]
+        files = [(number, self.path(number)) for number in to_read]
+        root, info = self.plan.listing.root, self.embedder.info
         with bar:
-            batches = _read_batches(root, paths, self.reusable, self.embedder.info, batch_size)
-            for batch in _prefetched(batches, depth=2):
+            for batch in _prefetched(_read_batches(root, files, self.decode_needed(), info, batch_size), depth=2):
                 self.skipped.extend(self._skip(number, skip) for number, skip in batch.skipped)
                 to_embed = []
                 for number, digest, stat, pixels, notes in batch.files:
                     if self.place(number, digest, stat.st_size, stat.st_mtime_ns):
-                        if pixels is None:  # its content was claimed by another file first: decode it after all
-                            pixels = load_image(root / self.pending[number].path, self.embedder.info.input_size)
-                        to_embed.append((number, pixels))
+                        to_embed.append((number, pixels))  # decoded: `decode_needed` said so, in the same order
                     if notes:
                         self.noted += 1
-                        self.note_example = self.note_example or f"{read.column('path')[number].as_py()}: {notes[0]}"
+                        self.note_example = self.note_example or f"{self.path(number)}: {notes[0]}"
                 if to_embed:
                     records = [self.pending.pop(number) for number, _ in to_embed]
                     vectors = self.embedder.embed(np.stack([pixels for _, pixels in to_embed]))
@@ -180,7 +190,7 @@ class _Run:
     def _skip(self, number: int, skip: Skipped) -> Skipped:
         """A file that was embedded before and cannot be read now keeps its earlier vector: a bad copy or a
         passing error must not cost what was indexed."""
-        previous, lost = (int(self.plan.read.column(name)[number].as_py()) for name in ("previous", "lost"))
+        previous, lost = int(self.previous_rows[number]), int(self.lost_rows[number])
         if previous >= 0:
             self.kept_rows.append(previous)
             return Skipped(skip.path, f"{skip.reason}; its earlier embedding is kept")
@@ -271,12 +281,12 @@ class _Batch:
 def _read_batches(
     root: Path,
     paths: Sequence[tuple[int, str]],
-    reusable: Callable[[int], Callable[[bytes], bool]],
+    decode_needed: Callable[[int], Callable[[bytes], bool]],
     info: EmbedderInfo,
     batch_size: int,
 ) -> Iterator[_Batch]:
-    """Read and hash the files `paths` numbers, decoding those whose content no saved vector has
-    (`reusable(number)(sha256)` is false); yield them in batches of up to `batch_size` files.
+    """Read and hash the numbered files `paths`, and decode those `decode_needed(number)(sha256)` says to;
+    yield them in batches of up to `batch_size` files.
 
     Whatever goes wrong with one file (an exception of any class) skips that
     file with the reason; only an interrupt (KeyboardInterrupt, not an
@@ -286,7 +296,7 @@ def _read_batches(
     for number, path in paths:
         notes: list[str] = []
         try:
-            stat, digest, pixels = _read_image(root / path, info.input_size, reusable(number), notes)
+            stat, digest, pixels = _read_image(root / path, info.input_size, decode_needed(number), notes)
         except ImageLoadError as error:
             batch.skipped.append((number, Skipped(path, error.reason)))
             continue
@@ -310,10 +320,10 @@ READ_WHOLE_LIMIT = 32 * 1024 * 1024
 
 
 def _read_image(
-    path: Path, size: tuple[int, int], reusable: Callable[[bytes], bool], notes: list[str]
+    path: Path, size: tuple[int, int], decode_needed: Callable[[bytes], bool], notes: list[str]
 ) -> tuple[os.stat_result, bytes, np.ndarray | None]:
-    """Return a file's stat, SHA-256 and decoded pixels (None where `reusable` says its content has a vector
-    already); raise ImageLoadError or OSError if it can't be read. What the decoder says about an image that
+    """Return a file's stat, SHA-256 and decoded pixels (None where `decode_needed` says its content needs no
+    decoding); raise ImageLoadError or OSError if it can't be read. What the decoder says about an image that
     decodes goes to `notes`.
     """
     stat = path.stat()
@@ -322,10 +332,10 @@ def _read_image(
     if stat.st_size <= READ_WHOLE_LIMIT:
         data = path.read_bytes()
         digest = hashlib.sha256(data).digest()
-        return stat, digest, None if reusable(digest) else load_image(data, size, notes)
+        return stat, digest, load_image(data, size, notes) if decode_needed(digest) else None
     hasher = hashlib.sha256()
     with open(path, "rb") as file:
         for chunk in iter(lambda: file.read(1024 * 1024), b""):
             hasher.update(chunk)
     digest = hasher.digest()
-    return stat, digest, None if reusable(digest) else load_image(path, size, notes)
+    return stat, digest, load_image(path, size, notes) if decode_needed(digest) else None

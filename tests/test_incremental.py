@@ -143,3 +143,22 @@ def test_an_update_with_another_embedder_is_refused_rather_than_mixing_vectors(f
     other = dataclasses.replace(first, embedder=dataclasses.replace(first.embedder, weights="imagenet"))
     with pytest.raises(ArtifactError, match="use another artifacts folder"):
         extract_embeddings(folder, random_resnet, progress=False, previous=other)
+
+
+def test_two_copies_of_a_moved_file_one_takes_its_vector_and_id_the_other_is_embedded(
+    folder, tmp_path, random_resnet
+):
+    first = first_run(folder, random_resnet, tmp_path / "artifacts")
+    (folder / "a").mkdir()
+    (folder / "b").mkdir()
+    shutil.copy(folder / "photo_03.jpg", folder / "b" / "copy.jpg")
+    shutil.move(folder / "photo_03.jpg", folder / "a" / "moved.jpg")
+    updated, _ = later_run(folder, random_resnet, tmp_path / "artifacts")
+
+    assert updated.changes.renamed == [("photo_03.jpg", "a/moved.jpg")]  # the first read claims the vector
+    assert updated.changes.added == ["b/copy.jpg"]  # the second has nothing left to claim: embedded
+    ids = dict(zip(updated.paths, updated.ids.tolist()))
+    assert ids["a/moved.jpg"] == dict(zip(first.paths, first.ids.tolist()))["photo_03.jpg"]
+    assert ids["b/copy.jpg"] >= first.next_id
+    vectors = dict(zip(updated.paths, updated.vectors))
+    np.testing.assert_allclose(vectors["b/copy.jpg"], vectors["a/moved.jpg"], rtol=1e-5, atol=1e-5)
