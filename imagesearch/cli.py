@@ -62,6 +62,8 @@ def extract(args: argparse.Namespace) -> int:
     embeddings = save_embeddings(embeddings, folder)
     changes = embeddings.changes
     print(f"{embeddings.summary()}\n  this run: {changes.summary()}\n  {changes.ignored_summary()}")
+    if previous is not None and previous.saved is not None and previous.saved.collection is None:
+        print(f"  converted {folder} from an older format: the records are now in items.*.parquet files")
     if notes := changes.notes_summary():
         print(f"  {notes}")
     for skip in embeddings.skipped[:SKIPS_SHOWN]:

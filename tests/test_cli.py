@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
 import subprocess
 import sys
 
+import pyarrow.parquet as pq
 import pytest
 
 IMAGES = ["cats/one.jpg", "cats/two.png", "dogs/three.jpg", "four.jpg"]
@@ -79,3 +82,43 @@ def test_evaluate_prints_precision_at_k_over_every_indexed_image(built, run):
     result = run("evaluate", "--artifacts", str(artifacts), "-k", "2")
     assert result.returncode == 0, result.stderr
     assert re.match(r"precision@2 = [01]\.\d{3} over 4 queries \(resnet50 ", result.stdout)
+
+
+def as_format_3(artifacts) -> None:
+    """Rewrite saved artifacts as the code before format 4 wrote them: every record in the JSON files."""
+    manifest_path, index_path = artifacts / "embeddings" / "manifest.json", artifacts / "index" / "index.json"
+    manifest, index = json.loads(manifest_path.read_text()), json.loads(index_path.read_text())
+    items = []
+    for number, shard in enumerate(manifest["shards"]):
+        table = pq.read_table(artifacts / "embeddings" / shard["items"]).to_pydict()
+        items += [[i, path, size, mtime, digest.hex(), number, row] for i, path, size, mtime, digest, row in
+                  zip(*(table[name] for name in ["id", "path", "size", "mtime_ns", "sha256", "row"]))]
+        (artifacts / "embeddings" / shard["items"]).unlink()
+    (artifacts / "embeddings" / manifest["skipped"]["file"]).unlink()
+    manifest.update(format_version=3, shards=[{"file": s["vectors"], "rows": s["rows"]} for s in manifest["shards"]],
+                    items=items, skipped=[])
+    for key in ["collection", "version", "commit"]:
+        del manifest[key]
+    index.update(format_version=3, items=[[i, path, digest] for i, path, _, _, digest, _, _ in items])
+    del index["collection"]
+    manifest_path.write_text(json.dumps(manifest))
+    index_path.write_text(json.dumps(index))
+
+
+def test_artifacts_of_format_3_are_searched_as_they_are_and_converted_by_the_next_build(built, run, tmp_path):
+    images, artifacts, _ = built
+    old = tmp_path / "artifacts"
+    shutil.copytree(artifacts, old)
+    as_format_3(old)
+
+    query = run("query", "--weights", "random", "--artifacts", str(old), str(images / IMAGES[0]), "-k", "2")
+    assert query.returncode == 0, query.stderr
+    assert RESULT_LINE.match(query.stdout.splitlines()[-2])[3] == IMAGES[0]
+
+    result = run("build", "--weights", "random", "--images", str(images), "--artifacts", str(old), "-k", "2")
+    assert result.returncode == 0, result.stderr
+    assert "0 added, 0 changed, 0 removed, 0 renamed, 4 unchanged" in result.stdout  # nothing went through the model
+    assert f"converted {old / 'embeddings'} from an older format" in result.stdout
+    assert json.loads((old / "embeddings" / "manifest.json").read_text())["format_version"] == 4
+    assert "collection" in json.loads((old / "index" / "index.json").read_text())
+    assert len(list(old.glob("embeddings/items.*.parquet"))) == 1
