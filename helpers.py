@@ -29,7 +29,7 @@ from imagesearch.embedders import (
 )
 from imagesearch.errors import UserFacingError
 from imagesearch.evaluate import SelfCheck, evaluate, group_of, precision_at_k, self_check
-from imagesearch.extract import extract_embeddings
+from imagesearch.extract import embed, extract_embeddings
 from imagesearch.images import (
     DecodeWarning,
     FolderScan,
@@ -86,6 +86,7 @@ __all__ = [
     "caption",
     "check_compatible",
     "cpu_supports_bfloat16",
+    "embed",
     "embeddings_dir",
     "evaluate",
     "extract_embeddings",

@@ -55,6 +55,20 @@ def extract_embeddings(
 ) -> Embeddings:
     """Embed the images under `image_root` in batches; with `previous`, embed only what changed since.
 
+    The plan and the embed step in one call: `embed(make_plan(list_files(image_root), previous), ...)`.
+    """
+    return embed(make_plan(list_files(image_root), previous), embedder, batch_size, progress, checkpoint_dir)
+
+
+def embed(
+    plan: Plan,
+    embedder: Embedder,
+    batch_size: int = 32,
+    progress: bool = True,
+    checkpoint_dir: str | os.PathLike | None = None,
+) -> Embeddings:
+    """Read, and embed in batches, the files `plan` lists; return the collection they make with what it keeps.
+
     Unreadable files are skipped with a reason and never stop the run. The
     result's `changes` says what was added, changed, removed, renamed and kept.
     With `checkpoint_dir` (normally the embeddings folder), every embedded
@@ -67,22 +81,23 @@ def extract_embeddings(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    previous = plan.previous
     if previous is not None and not previous.embedder.compatible_with(embedder.info):
         raise ArtifactError(
             f"the saved embeddings were made by {previous.embedder}, not {embedder.info}; "
             "use another artifacts folder for another backbone, or delete the old embeddings"
         )
-    plan = make_plan(list_files(image_root), previous)
     with exclusive(checkpoint_dir) if checkpoint_dir else contextlib.nullcontext():
         journal = Journal(Path(checkpoint_dir) / JOURNAL_DIR if checkpoint_dir else None, embedder.info)
-        return _Run(plan, previous, embedder, journal).embed(batch_size, progress)
+        return _Run(plan, embedder, journal).embed(batch_size, progress)
 
 
 class _Run:
     """One extraction's embed step: each planned file is placed as it is read, and the result assembled at the end."""
 
-    def __init__(self, plan: Plan, previous: Embeddings | None, embedder: Embedder, journal: Journal):
-        self.plan, self.previous, self.embedder, self.journal = plan, previous, embedder, journal
+    def __init__(self, plan: Plan, embedder: Embedder, journal: Journal):
+        self.plan, self.embedder, self.journal = plan, embedder, journal
+        self.previous = previous = plan.previous
         self.old = previous.records if previous else Records.empty()
         self.lost = previous.lost if previous else Records.empty()
         self.old_sha, self.lost_sha = self.old.table.column("sha256"), self.lost.table.column("sha256")

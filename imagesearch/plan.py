@@ -70,6 +70,7 @@ class Plan:
     """
 
     listing: Listing
+    previous: Embeddings | None  # the saved embeddings it was made against (None: a first run)
     keep: np.ndarray  # rows of the saved records whose file is unchanged: kept as they are, never read
     read: pa.Table
     vanished: np.ndarray  # rows of the saved records whose path is not in the folder any more
@@ -86,7 +87,7 @@ def make_plan(listing: Listing, previous: Embeddings | None = None) -> Plan:
     count = len(listing)
     if previous is None:
         nothing = np.full(count, -1, np.int64)
-        return _plan(listing, np.zeros(0, np.int64), np.ones(count, bool), nothing, nothing,
+        return _plan(listing, None, np.zeros(0, np.int64), np.ones(count, bool), nothing, nothing,
                      np.arange(count, dtype=np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64), count)
     records, lost = previous.records, previous.lost
     at = records.rows_of_paths(listing.paths) if len(records) else np.full(count, -1, np.int64)
@@ -103,11 +104,11 @@ def make_plan(listing: Listing, previous: Embeddings | None = None) -> Plan:
     ids[new] = previous.next_id + np.arange(int(new.sum()))
     vanished = np.setdiff1d(np.arange(len(records)), at[known], assume_unique=True)
     vanished_lost = np.setdiff1d(np.arange(len(lost)), lost_at[lost_at >= 0], assume_unique=True)
-    return _plan(listing, at[unchanged], ~unchanged, at, lost_at, ids, vanished, vanished_lost,
+    return _plan(listing, previous, at[unchanged], ~unchanged, at, lost_at, ids, vanished, vanished_lost,
                  previous.next_id + int(new.sum()))
 
 
-def _plan(listing, keep, to_read, at, lost_at, ids, vanished, vanished_lost, next_id) -> Plan:
+def _plan(listing, previous, keep, to_read, at, lost_at, ids, vanished, vanished_lost, next_id) -> Plan:
     rows = np.flatnonzero(to_read)
     read = pa.table({
         "path": listing.paths.take(pa.array(rows)),
@@ -117,4 +118,4 @@ def _plan(listing, keep, to_read, at, lost_at, ids, vanished, vanished_lost, nex
         "previous": at[rows],
         "lost": lost_at[rows],
     })
-    return Plan(listing, keep, read, vanished, vanished_lost, next_id)
+    return Plan(listing, previous, keep, read, vanished, vanished_lost, next_id)

@@ -62,6 +62,7 @@ ANSI = re.compile(r"\x1b\[[0-9;]*m")
 FACTS = {
     NOTEBOOK_01: [
         "112 image files; 2 others ignored: 2 not images by their extension (.md, .py)",
+        "plan: 0 unchanged, 112 to read, 0 gone",
         "this run: 112 added, 0 changed, 0 removed, 0 renamed, 0 unchanged, 0 skipped",
         "112 images embedded, 0 skipped; embeddings 112 x 2048 float32",
         "0 files in skipped.csv",
