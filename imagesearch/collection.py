@@ -268,6 +268,14 @@ def _save_embeddings(embeddings: Embeddings, directory: Path) -> Embeddings:
         skipped_file = base.skipped_file
     else:
         skipped_file = _write_skipped(directory, skipped)
+    if (  # nothing changed: the saved version stays current (and an index of it too)
+        base is not None and base.collection is not None and tuple(entries) == base.shards
+        and skipped_file == base.skipped_file and embeddings.next_id == base.next_id
+        and embeddings.image_root == base.image_root and embeddings.embedder == base.embedder
+    ):
+        _remove_unnamed(directory, base)  # what a killed save left behind
+        delete_journal(embeddings.journal)
+        return replace(embeddings, journal=[], saved=base, unchanged=None)
     if base is not None and base.collection is not None:
         collection, version = base.collection, base.version + 1
     else:  # a new collection (or one of format 3): versions start above any its records carry
@@ -293,17 +301,21 @@ def _save_embeddings(embeddings: Embeddings, directory: Path) -> Embeddings:
             "skipped": {"file": skipped_file, "count": len(skipped)},
         },
     )
-    # Committed. What the manifest no longer names goes, and the run's journal with it.
-    remove_stale(directory, SHARD_STEM, SHARD_SUFFIX, keep={entry.vectors for entry in entries})
-    remove_stale(directory, ITEMS_STEM, PARQUET_SUFFIX, keep={entry.items for entry in entries})
-    remove_stale(directory, SKIPPED_STEM, PARQUET_SUFFIX, keep={skipped_file})
-    remove_stale(directory, LEGACY_STEM, SHARD_SUFFIX, keep=())
+    _remove_unnamed(directory, commit)  # committed: what the manifest no longer names goes, and the journal
     delete_journal(embeddings.journal)
     if not (base and skipped_file == base.skipped_file and (directory / SKIPPED_FILE).exists()):
         _write_skipped_report(directory / SKIPPED_FILE, skipped)
     sources = [FileSource(directory / entry.vectors) for entry in entries]
     saved_store = VectorStore(sources, np.column_stack([shard_of_row, row_in_shard]), store.dim)
     return replace(embeddings, store=saved_store, journal=[], saved=commit, unchanged=None)
+
+
+def _remove_unnamed(directory: Path, commit: Commit) -> None:
+    """Delete the data files of `directory` that `commit` does not name: earlier saves', and what killed ones left."""
+    remove_stale(directory, SHARD_STEM, SHARD_SUFFIX, keep={entry.vectors for entry in commit.shards})
+    remove_stale(directory, ITEMS_STEM, PARQUET_SUFFIX, keep={entry.items for entry in commit.shards})
+    remove_stale(directory, SKIPPED_STEM, PARQUET_SUFFIX, keep={commit.skipped_file})
+    remove_stale(directory, LEGACY_STEM, SHARD_SUFFIX, keep=())
 
 
 def _base_commit(embeddings: Embeddings, directory: Path) -> Commit | None:

@@ -11,7 +11,7 @@ import pytest
 
 from imagesearch.collection import load_previous_embeddings, save_embeddings
 from imagesearch.extract import extract_embeddings
-from imagesearch.index import build_index, load_previous_index, save_index
+from imagesearch.index import build_index, load_index, load_previous_index, save_index
 from imagesearch.storage import ArtifactError
 
 FIRST = [f"photo_{number:02d}.jpg" for number in range(10)]
@@ -162,3 +162,24 @@ def test_two_copies_of_a_moved_file_one_takes_its_vector_and_id_the_other_is_emb
     assert ids["b/copy.jpg"] >= first.next_id
     vectors = dict(zip(updated.paths, updated.vectors))
     np.testing.assert_allclose(vectors["b/copy.jpg"], vectors["a/moved.jpg"], rtol=1e-5, atol=1e-5)
+
+
+def test_a_save_of_a_run_that_changed_nothing_keeps_the_version_so_the_index_stays_current(
+    folder, tmp_path, random_resnet
+):
+    artifacts = tmp_path / "artifacts"
+    first = first_run(folder, random_resnet, artifacts)
+    manifest = (artifacts / "embeddings" / "manifest.json").read_bytes()
+    again = extract_embeddings(folder, random_resnet, progress=False,
+                               previous=load_previous_embeddings(artifacts / "embeddings"),
+                               checkpoint_dir=artifacts / "embeddings")
+    saved = save_embeddings(again, artifacts / "embeddings")
+    assert saved.is_saved and saved.saved.version == first.saved.version
+    assert (artifacts / "embeddings" / "manifest.json").read_bytes() == manifest  # nothing committed
+    assert load_index(artifacts / "index").paths == FIRST  # the index of that version is still current
+
+    os.utime(folder / "photo_04.jpg", ns=(0, 5_000_000_000))  # touched: its record changes, so a new version
+    touched = save_embeddings(
+        extract_embeddings(folder, random_resnet, progress=False, previous=saved), artifacts / "embeddings"
+    )
+    assert touched.saved.version == first.saved.version + 1
