@@ -234,6 +234,9 @@ class _Run:
             + self.lost.take(self.plan.vanished_lost).paths
         )
         self.skipped.sort(key=lambda skip: skip.path)
+        # Planned ids no image took (a skipped file's, a renamed one's) are left for the next plan: only ids given
+        # count, so that a folder with an unreadable file does not use up an id, and make a new version, every run.
+        next_id = max(previous.next_id if previous else 0, int(records.ids.max(initial=-1)) + 1)
         unchanged_count = len(kept) + len(self.moved) - len(self.renamed)
         changes = Changes(
             sorted(self.added), sorted(self.changed), removed, sorted(self.renamed), unchanged_count,
@@ -241,7 +244,7 @@ class _Run:
             sorted(self.repaired),
         )
         return Embeddings(
-            store, records, self.embedder.info, str(self.plan.listing.root), self.skipped, self.plan.next_id,
+            store, records, self.embedder.info, str(self.plan.listing.root), self.skipped, next_id,
             changes, self.journal.files, saved=previous.saved if previous else None, unchanged=unchanged,
         )
 

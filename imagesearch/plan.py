@@ -6,8 +6,9 @@ collection: a file whose path, size and time are unchanged keeps its record
 and vector and is never read; every other file is to be read, with the id it
 will have decided up front (its old one where its path is known, a new one
 where not); records whose path is gone are the vanished ones, which a
-renamed or moved file may claim by its content once it is read. Ids are
-never reused.
+renamed or moved file may claim by its content once it is read. An id an
+image had is never given again; a planned id no file took (it was renamed,
+or unreadable) is planned again next time.
 """
 
 from __future__ import annotations
