@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +35,7 @@ class Listing:
     size: np.ndarray  # int64
     mtime_ns: np.ndarray  # int64
     unreadable: tuple[Skipped, ...] = ()  # listed, but with no size or time to read (a dangling link)
-    ignored: Counter = None  # (why, ending) -> files, as `images.FolderScan.ignored`
+    ignored: Counter = field(default_factory=Counter)  # (why, ending) -> files, as `images.FolderScan.ignored`
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -76,7 +76,7 @@ class Plan:
     read: pa.Table
     vanished: np.ndarray  # rows of the saved records whose path is not in the folder any more
     vanished_lost: np.ndarray  # the same, of the saved images whose vectors were lost
-    next_id: int  # the first id no image has had
+    next_id: int  # the first id after those planned
 
     def summary(self) -> str:
         return (f"{len(self.keep)} unchanged, {len(self.read)} to read, "
@@ -109,7 +109,11 @@ def make_plan(listing: Listing, previous: Embeddings | None = None) -> Plan:
                  previous.next_id + int(new.sum()))
 
 
-def _plan(listing, previous, keep, to_read, at, lost_at, ids, vanished, vanished_lost, next_id) -> Plan:
+def _plan(
+    listing: Listing, previous: Embeddings | None, keep: np.ndarray, to_read: np.ndarray, at: np.ndarray,
+    lost_at: np.ndarray, ids: np.ndarray, vanished: np.ndarray, vanished_lost: np.ndarray, next_id: int,
+) -> Plan:
+    """The plan whose files to read are those `to_read` marks, with their ids and rows (per file of `listing`)."""
     rows = np.flatnonzero(to_read)
     read = pa.table({
         "path": listing.paths.take(pa.array(rows)),
