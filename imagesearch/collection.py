@@ -33,7 +33,7 @@ import os
 import secrets
 import warnings
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -46,8 +46,10 @@ from .journal import delete_journal
 from .manifest import (
     ITEMS_SCHEMA,
     MANIFEST_FILE,
+    SKIPPED_SCHEMA,
     Commit,
     ShardEntry,
+    current_commit_token,
     read_items,
     read_manifest,
 )
@@ -273,8 +275,7 @@ def _save_embeddings(embeddings: Embeddings, directory: Path) -> Embeddings:
         and skipped_file == base.skipped_file and embeddings.next_id == base.next_id
         and embeddings.image_root == base.image_root and embeddings.embedder == base.embedder
     ):
-        _remove_unnamed(directory, base)  # what a killed save left behind
-        delete_journal(embeddings.journal)
+        _tidy(directory, base, embeddings.journal, base)  # what a killed save left behind
         return replace(embeddings, journal=[], saved=base, unchanged=None)
     if base is not None and base.collection is not None:
         collection, version = base.collection, base.version + 1
@@ -294,28 +295,26 @@ def _save_embeddings(embeddings: Embeddings, directory: Path) -> Embeddings:
             "image_root": embeddings.image_root,
             "count": len(records),
             "next_id": embeddings.next_id,
-            "shards": [
-                {"vectors": entry.vectors, "items": entry.items, "rows": entry.rows, "images": entry.images}
-                for entry in entries
-            ],
+            "shards": [asdict(entry) for entry in entries],
             "skipped": {"file": skipped_file, "count": len(skipped)},
         },
     )
-    _remove_unnamed(directory, commit)  # committed: what the manifest no longer names goes, and the journal
-    delete_journal(embeddings.journal)
-    if not (base and skipped_file == base.skipped_file and (directory / SKIPPED_FILE).exists()):
-        _write_skipped_report(directory / SKIPPED_FILE, skipped)
+    _tidy(directory, commit, embeddings.journal, base)  # committed: what the manifest no longer names goes
     sources = [FileSource(directory / entry.vectors) for entry in entries]
     saved_store = VectorStore(sources, np.column_stack([shard_of_row, row_in_shard]), store.dim)
     return replace(embeddings, store=saved_store, journal=[], saved=commit, unchanged=None)
 
 
-def _remove_unnamed(directory: Path, commit: Commit) -> None:
-    """Delete the data files of `directory` that `commit` does not name: earlier saves', and what killed ones left."""
+def _tidy(directory: Path, commit: Commit, journal: list[Path], base: Commit | None) -> None:
+    """After `commit` is the folder's current one: delete the data files it does not name (earlier saves', and
+    what killed ones left) and the run's journal, and write the skip report where it is not that of `base`."""
     remove_stale(directory, SHARD_STEM, SHARD_SUFFIX, keep={entry.vectors for entry in commit.shards})
     remove_stale(directory, ITEMS_STEM, PARQUET_SUFFIX, keep={entry.items for entry in commit.shards})
     remove_stale(directory, SKIPPED_STEM, PARQUET_SUFFIX, keep={commit.skipped_file})
     remove_stale(directory, LEGACY_STEM, SHARD_SUFFIX, keep=())
+    delete_journal(journal)
+    if not (base and commit.skipped_file == base.skipped_file and (directory / SKIPPED_FILE).exists()):
+        _write_skipped_report(directory / SKIPPED_FILE, list(commit.skipped))
 
 
 def _base_commit(embeddings: Embeddings, directory: Path) -> Commit | None:
@@ -327,8 +326,11 @@ def _base_commit(embeddings: Embeddings, directory: Path) -> Commit | None:
     base = embeddings.saved
     if base is None or base.directory.resolve() != directory.resolve():
         return None
-    current = read_manifest(directory, strict=False)
-    if current is None or current.token != base.token:
+    try:
+        current = current_commit_token(directory)
+    except DamagedStateError:  # deleted or damaged since: not the commit these derive from either
+        current = "none"
+    if current != base.token:
         raise ArtifactError(
             f"{directory} was saved over since these embeddings were loaded; load them again "
             "(an extraction run again resumes from its journal)"
@@ -347,7 +349,7 @@ def _write_items(directory: Path, records: Records, rows: np.ndarray, vector_row
 
 def _write_skipped(directory: Path, skipped: list[Skipped]) -> str:
     table = pa.table({"path": [skip.path for skip in skipped], "reason": [skip.reason for skip in skipped]},
-                     schema=pa.schema([("path", pa.string()), ("reason", pa.string())]))
+                     schema=SKIPPED_SCHEMA)
     name = fresh_name(SKIPPED_STEM, PARQUET_SUFFIX)
     with atomic_path(directory / name) as temporary:
         pq.write_table(table, temporary, compression="zstd")
@@ -468,10 +470,10 @@ def _load_trusted(directory: Path, commit: Commit) -> tuple[Embeddings, list[tup
     as (what is damaged, how many images lost their vector or record to it, whether it was their records)."""
     parts, lost, losses = [], [], []
     sources: list[FileSource] = []
-    for entry in commit.shards:
+    for number, entry in enumerate(commit.shards):
         vectors_damage = shard_damage(directory / entry.vectors, (entry.rows, commit.embedder.dim))
         try:
-            records, rows = read_items(directory, entry, commit)
+            records, rows = read_items(commit, number)
         except DamagedStateError as error:  # which images it held is lost with it: they come back as new
             losses.append((error.damage, entry.images, True))
             continue

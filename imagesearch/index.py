@@ -211,9 +211,9 @@ def build_index(embeddings: Embeddings, factory: str = "Flat", previous: SearchI
         and held_version.version <= base.version
     ):
         held = held_ids(previous.index)
-        newer = versions > held_version.version
-        stale = np.union1d(np.setdiff1d(held, ids), ids[newer & np.isin(ids, held)])
-        new_rows = np.flatnonzero(newer | ~np.isin(ids, held))
+        newer, in_index = versions > held_version.version, np.isin(ids, held)
+        stale = np.union1d(np.setdiff1d(held, ids), ids[newer & in_index])
+        new_rows = np.flatnonzero(newer | ~in_index)
         try:
             if len(stale):
                 previous.index.remove_ids(stale.astype(np.int64))

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .embedders import EmbedderInfo
-from .records import SCHEMA, Records, Skipped
+from .records import SCHEMA, Records, Skipped, sha256_digests
 from .storage import DamagedStateError, DamagedStateWarning, embeddings_advice, is_file_name, one_line, read_json
 
 MANIFEST_FILE = "manifest.json"
@@ -65,31 +65,34 @@ class Commit:
         return f"version {self.version} of the collection: {shards}, {images:,} images"
 
 
-def read_manifest(directory: Path, strict: bool = True) -> Commit | None:
-    """Read and check a manifest. Raise `DamagedStateError` if it is missing, not JSON, or not shaped as one;
-    with `strict=False`, return None instead."""
+def read_manifest(directory: Path) -> Commit:
+    """Read and check a manifest; raise `DamagedStateError` if it is missing, not JSON, or not shaped as one."""
     path = directory / MANIFEST_FILE
+    manifest = read_json(path, kind="embeddings")
     try:
-        manifest = read_json(path, kind="embeddings")
-        try:
-            return _parse(directory, manifest)
-        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as error:
-            detail = f"no {one_line(error.args[0])!r} entry" if isinstance(error, KeyError) else one_line(error)[:200]
-            root, embedder = manifest.get("image_root"), manifest.get("embedder")
-            root = root if isinstance(root, str) else None
-            advice = embeddings_advice(directory, root, "all", embedder if isinstance(embedder, dict) else None)
-            damage = f"{path} is damaged (not a manifest as this code writes them: {detail})"
-            raise DamagedStateError(damage, advice) from error
-    except DamagedStateError:
-        if strict:
-            raise
-        return None
+        return _parse(directory, manifest)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as error:
+        detail = f"no {one_line(error.args[0])!r} entry" if isinstance(error, KeyError) else one_line(error)[:200]
+        root, embedder = manifest.get("image_root"), manifest.get("embedder")
+        root = root if isinstance(root, str) else None
+        advice = embeddings_advice(directory, root, "all", embedder if isinstance(embedder, dict) else None)
+        damage = f"{path} is damaged (not a manifest as this code writes them: {detail})"
+        raise DamagedStateError(damage, advice) from error
 
 
-def read_items(directory: Path, entry: ShardEntry, commit: Commit) -> tuple[Records, np.ndarray]:
-    """The records a shard's items file holds, and the row of each one's vector; `DamagedStateError` if damaged."""
+def current_commit_token(directory: Path) -> str | None:
+    """The commit token of the manifest in `directory` as it is now, without reading its records or any other
+    file; None for format 2 or 3 (which had none). `DamagedStateError` where it is missing or damaged."""
+    token = read_json(directory / MANIFEST_FILE, kind="embeddings").get("commit")
+    return token if isinstance(token, str) else None
+
+
+def read_items(commit: Commit, number: int) -> tuple[Records, np.ndarray]:
+    """The records shard `number`'s items file holds, and the row of each one's vector; `DamagedStateError` if
+    damaged."""
+    entry, directory = commit.shards[number], commit.directory
     if entry.items is None:
-        return commit.legacy[commit.shards.index(entry)]
+        return commit.legacy[number]
     path = directory / entry.items
     advice = embeddings_advice(directory, commit.image_root, "some", commit.embedder.to_dict())
     if not path.is_file():
@@ -205,12 +208,7 @@ def _parse_legacy(directory: Path, manifest: dict, embedder: EmbedderInfo) -> Co
     if not (_is_int(manifest["count"]) and manifest["count"] == len(entries)):
         raise ValueError(f"its count {one_line(repr(manifest['count']))[:40]} is not the {len(entries)} images "
                          "it lists")
-    try:
-        digests = [bytes.fromhex(digest) for digest in columns["sha256"]]
-    except ValueError:
-        digests = []
-    if len(digests) != len(entries) or any(len(digest) != 32 for digest in digests):
-        raise ValueError("an image's sha256 is not 64 hex digits")
+    digests = sha256_digests(columns["sha256"])
     table = pa.table({**{name: columns[name] for name in ["id", "path", "size", "mtime_ns"]}, "sha256": digests,
                       "version": [0] * len(entries)}, schema=SCHEMA)
     shard_numbers, rows = np.array(columns["shard"], dtype=np.int64), np.array(columns["row"], dtype=np.int64)

@@ -56,6 +56,17 @@ class ImageRecord:
     version: int = 0
 
 
+def sha256_digests(hex_digests: Sequence[str]) -> list[bytes]:
+    """SHA-256 digests written as 64 hex digits, as the 32 bytes the records keep; ValueError where one is not."""
+    try:
+        digests = [bytes.fromhex(digest) for digest in hex_digests]
+    except ValueError:
+        digests = []
+    if len(digests) != len(hex_digests) or any(len(digest) != 32 for digest in digests):
+        raise ValueError("an image's sha256 is not 64 hex digits")
+    return digests
+
+
 @dataclass(frozen=True)
 class Skipped:
     """A file that was not embedded, and why."""
@@ -80,12 +91,7 @@ class Records:
     def from_items(cls, items: Iterable[ImageRecord]) -> Records:
         """Records from `ImageRecord`s; raise ValueError where a hash is not 64 hex digits."""
         items = list(items)
-        try:
-            digests = [bytes.fromhex(item.sha256) for item in items]
-        except ValueError:
-            digests = []
-        if len(digests) != len(items) or any(len(digest) != 32 for digest in digests):
-            raise ValueError("an image's sha256 must be 64 hex digits")
+        digests = sha256_digests([item.sha256 for item in items])
         columns = {
             "id": [item.id for item in items],
             "path": [item.path for item in items],
@@ -133,9 +139,6 @@ class Records:
     def paths(self) -> list[str]:
         """Every path, in row order, as a list: convenient for small collections."""
         return self.path_array.to_pylist()
-
-    def sha256_hex(self) -> list[str]:
-        return [digest.hex() for digest in self.table.column("sha256").to_pylist()]
 
     def item(self, row: int) -> ImageRecord:
         values = {name: self.table.column(name)[row].as_py() for name in SCHEMA.names}
