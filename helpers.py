@@ -6,6 +6,7 @@ images (list, load) -> plan (what to embed) -> embedders + extract (embed)
 -> query, display, app (answer and show). See README.md for the flow.
 """
 
+from imagesearch.ann import IndexSpecError, SearchParams, recall_at_k
 from imagesearch.app import SearchApp
 from imagesearch.collection import (
     Changes,
@@ -15,7 +16,7 @@ from imagesearch.collection import (
     read_skipped,
     save_embeddings,
 )
-from imagesearch.display import caption, plot_embedding_map, show_images, show_results
+from imagesearch.display import caption, plot_embedding_map, plot_recall_speed, show_images, show_results
 from imagesearch.embedders import (
     Embedder,
     EmbedderInfo,
@@ -44,6 +45,7 @@ from imagesearch.index import (
     IndexChanges,
     SearchIndex,
     build_index,
+    compare_indexes,
     load_index,
     load_previous_index,
     save_index,
@@ -53,6 +55,7 @@ from imagesearch.query import EmbedderMismatchError, check_compatible, search_im
 from imagesearch.records import ImageRecord, Records, Skipped
 from imagesearch.runtime import versions
 from imagesearch.storage import ArtifactError, DamagedStateError, DamagedStateWarning, embeddings_dir, index_dir
+from imagesearch.tuning import Candidate, Tuning, choose
 
 __all__ = [
     "ArtifactError",
@@ -65,10 +68,12 @@ __all__ = [
     "EmbedderMismatchError",
     "Embeddings",
     "FolderScan",
+    "Candidate",
     "Hit",
     "ImageLoadError",
     "ImageRecord",
     "IndexChanges",
+    "IndexSpecError",
     "Listing",
     "Plan",
     "Records",
@@ -77,14 +82,18 @@ __all__ = [
     "ResNet50Embedder",
     "SearchApp",
     "SearchIndex",
+    "SearchParams",
     "SelfCheck",
     "Skipped",
     "TFLiteEmbedder",
+    "Tuning",
     "UserFacingError",
     "WeightsUnavailableError",
     "build_index",
     "caption",
     "check_compatible",
+    "choose",
+    "compare_indexes",
     "cpu_supports_bfloat16",
     "embed",
     "embeddings_dir",
@@ -103,7 +112,9 @@ __all__ = [
     "make_embedder",
     "make_plan",
     "plot_embedding_map",
+    "plot_recall_speed",
     "precision_at_k",
+    "recall_at_k",
     "read_skipped",
     "save_embeddings",
     "save_index",

@@ -20,6 +20,7 @@ from .images import open_rgb
 from .index import SearchIndex, build_index, load_index, load_previous_index, save_index
 from .query import search_image, search_indexed
 from .storage import check_not_busy, embeddings_dir, exclusive, index_dir
+from .tuning import DEFAULT_TARGET_RECALL
 
 #: Skipped files listed on the console; all of them are in skipped.csv.
 SKIPS_SHOWN = 20
@@ -87,22 +88,38 @@ def _update_index(args: argparse.Namespace) -> SearchIndex:
     with exclusive(embeddings_dir(args.artifacts)):  # no extraction may rewrite the shards while they are read
         embeddings = load_embeddings(embeddings_dir(args.artifacts))
         previous = load_previous_index(index_dir(args.artifacts), embeddings)
-        search_index = build_index(embeddings, args.factory, previous=previous)
+        search_index = build_index(
+            embeddings, args.factory, previous=previous, metric=args.metric, params=args.params,
+            target_recall=args.target_recall, memory_budget=args.memory_budget, progress=True,
+        )
     save_index(search_index, index_dir(args.artifacts))
-    print(f"Index {search_index.factory} of {len(search_index)} vectors, {search_index.changes.summary()}")
-    check = self_check(search_index, sample=1000)
-    print(f"  checked {check.checked} images for themselves:")
-    for line in check.lines():
-        print(f"  check: {line}")
+    print(f"Index {search_index.factory} ({search_index.metric}) of {len(search_index)} vectors, "
+          f"{search_index.changes.summary()}")
+    measured = search_index.tuning
+    if args.factory == "auto" and search_index.changes.rebuilt:
+        for reason in measured.reasons:
+            print(f"  chosen: {reason}")
+    if search_index.structure.exact:  # facts that hold for exact search with any weights
+        check = self_check(search_index, sample=1000)
+        print(f"  checked {check.checked} images for themselves:")
+        for line in check.lines():
+            print(f"  check: {line}")
+    else:  # an approximate index misses some neighbours by design: how many is what it measured
+        print(f"  {measured.summary()}" + ("" if search_index.changes.rebuilt else
+                                           f" (measured at {measured.count} vectors)"))
+        if measured.target is not None and measured.recall < measured.target:
+            print(f"warning: the target recall {measured.target:.2f} was not reached; raise --memory-budget, "
+                  "or pass a --factory with more lists or longer codes", file=sys.stderr)
     return search_index
 
 
 def query(args: argparse.Namespace) -> int:
     """Print the k nearest indexed images of one image file."""
     search_index = load_index(index_dir(args.artifacts))
+    search_index.params.merged(args.params).check(search_index.structure)  # before the model loads, as is:
     open_rgb(args.image)  # a file that is no image is reported before the model loads, which takes seconds
     embedder = make_embedder(args.backbone, args.weights, seed=args.seed)
-    for hit in search_image(search_index, embedder, args.image, args.k):
+    for hit in search_image(search_index, embedder, args.image, args.k, params=args.params):
         print(f"{hit.rank + 1:3d}  {hit.distance:12.4f}  {hit.path}")
     return 0
 
@@ -164,7 +181,22 @@ def parser() -> argparse.ArgumentParser:
             "--batch-size", type=int, default=32, help="images per model call (default: %(default)s)"
         )
     for command in (build_command, index_command):
-        command.add_argument("--factory", default="Flat", help="FAISS index factory string (default: %(default)s)")
+        command.add_argument(
+            "--factory", default="auto",
+            help="FAISS index factory string (Flat, HNSW32, IVF4096,PQ64 ...), or auto: chosen from the collection's "
+            "size and --memory-budget (default: %(default)s)",
+        )
+        command.add_argument("--metric", default="l2", choices=["l2", "cosine"],
+                             help="distance between vectors (default: %(default)s)")
+        command.add_argument("--target-recall", type=float, default=DEFAULT_TARGET_RECALL,
+                             help="recall@10 the search parameters are tuned to reach (default: %(default)s)")
+        command.add_argument("--memory-budget", default="4GB",
+                             help="memory the index may take, for --factory auto (default: %(default)s)")
+    for command in (build_command, index_command, query_command):
+        command.add_argument(
+            "--params", default=None,
+            help="search parameters, e.g. nprobe=32,k_factor=8 (index: instead of tuning; query: for this query)",
+        )
     build_command.add_argument(
         "--example", action="append",
         help="an indexed image to draw as an example query; repeatable (default: the first)",

@@ -1,4 +1,4 @@
-"""Pictures for the notebooks: image grids, query results with distances, an embedding map.
+"""Pictures for the notebooks: image grids, query results with distances, an embedding map, recall against speed.
 
 A JupyterLab output area is about 1,000 pixels wide and shrinks a wider
 figure to fit, titles and all: 21 results in one row came out with titles
@@ -22,6 +22,7 @@ from PIL import Image
 
 from .images import ImageLoadError, ImageSource, load_thumbnail
 from .index import Hit
+from .tuning import Candidate
 
 #: The widest a figure gets, in inches, so that it is shown at full size in a notebook: 990 pixels at 100 dpi.
 MAX_WIDTH_INCHES = 9.9
@@ -113,6 +114,32 @@ def plot_embedding_map(vectors: np.ndarray, labels: Sequence[str], title: str = 
         axis.scatter(*points[mask].T, s=28, marker=marker, color=plt.cm.tab10(index % 10), label=label)
     axis.set(xlabel="principal component 1", ylabel="principal component 2", title=title)
     axis.legend(fontsize="small", ncols=2, bbox_to_anchor=(1.02, 1), loc="upper left")
+    return figure
+
+
+def plot_recall_speed(
+    candidates: Sequence[Candidate], chosen: str | None = None, target: float | None = None
+) -> Figure:
+    """Recall@10 against milliseconds per query for each candidate index, one line per index type, its settings
+    from least to most effort; the chosen index drawn thicker."""
+    figure, axis = plt.subplots(figsize=(7, 4))
+    for candidate in candidates:
+        curve = candidate.tuning.curve
+        label = f"{candidate.factory} ({candidate.bytes_per_vector} B/vector)"
+        is_chosen = candidate.factory == chosen
+        axis.plot([point.ms_per_query for point in curve], [point.recall for point in curve], marker="o",
+                  linewidth=3 if is_chosen else 1.2, label=label + (": chosen" if is_chosen else ""))
+    if target is not None:
+        axis.axhline(target, color="grey", linestyle="--", linewidth=1)
+        axis.annotate(f"target {target:.2f}", (0, target), xycoords=("axes fraction", "data"), va="bottom",
+                      fontsize=8, color="grey")
+    axis.set_xscale("log")
+    axis.set_xlabel("milliseconds per query (one query at a time, one thread)")
+    axis.set_ylabel("recall@10 against exact search")
+    axis.set_ylim(top=1.02)
+    axis.legend(fontsize=8, loc="lower right")
+    axis.grid(True, which="both", alpha=0.3)
+    figure.tight_layout()
     return figure
 
 

@@ -13,12 +13,20 @@ index is loaded: the index copies none of them. An index is current when
 the collection is still at the version it was built from; one that is not
 is refused for searching and updated by the next `build_index(previous=)`.
 
-The index is described by its FAISS factory string ("Flat" is exact L2
-search; "IVF1024,PQ32" or "HNSW32" are approximate), so approximate indexes
-plug into the same build, update, save, load and search calls. Vectors are
-stored under stable image ids (`IndexIDMap2`, or the ids IVF indexes keep
-natively), so an update removes and adds only what changed: the vectors of
-images that are gone, and of records whose version is newer than the index.
+The index is described by its FAISS factory string ("Flat" is exact search;
+"HNSW32" or "PCAR256,IVF4096,PQ64" are approximate; "auto" lets `tuning.choose`
+pick from the collection's size and a memory budget), its metric (L2 or
+cosine) and its search parameters, tuned to a target recall and saved with it
+(`ann` and `tuning` hold the FAISS side). Vectors are stored under stable
+image ids (`IndexIDMap2`, or the ids IVF indexes keep natively), so an update
+removes and adds only what changed: the vectors of images that are gone, and
+of records whose version is newer than the index. A compressed index keeps
+only codes in memory: its candidates are re-ranked by their full vectors, read
+from the collection's shards per query.
+
+An index opened for searching (`load_index`) is memory-mapped where FAISS can
+map it, and is read-only; one opened to be updated (`load_previous_index`) is
+read into memory.
 
 The index is derived from the embeddings alone, so a damaged one is never
 worth a refusal where it can be rebuilt: `load_previous_index` warns and
@@ -39,6 +47,8 @@ import faiss
 import numpy as np
 import pyarrow as pa
 
+from . import ann, tuning
+from .ann import SearchParams
 from .collection import Embeddings, load_embeddings
 from .embedders import EmbedderInfo
 from .manifest import Commit
@@ -58,7 +68,8 @@ from .storage import (
     remove_stale,
     write_json,
 )
-from .vectors import VectorStore
+from .tuning import Tuning
+from .vectors import RowReader, VectorStore
 
 METADATA_FILE = "index.json"
 INDEX_STEM, INDEX_SUFFIX = "index", ".faiss"
@@ -66,7 +77,8 @@ INDEX_STEM, INDEX_SUFFIX = "index", ".faiss"
 
 @dataclass(frozen=True)
 class Hit:
-    """One search result. `distance` is FAISS' squared L2 distance (0 for an identical vector)."""
+    """One search result. `distance` is smaller for nearer images: the squared L2 distance (0 for an identical
+    vector), or for a cosine index 1 - cosine similarity."""
 
     rank: int
     path: str
@@ -104,9 +116,13 @@ class CollectionVersion:
 class SearchIndex:
     """A FAISS index whose vectors are stored under image ids, and the records that say which image each id is.
 
-    `records` are the collection's (sorted by path); `collection` is the saved
-    version they are, or None where the index was built from embeddings that
-    are not saved (it cannot be saved then: save the embeddings first).
+    `records` are the collection's (sorted by path) and `store` its vectors,
+    row for row (None for an index of format 3, which holds its own);
+    `collection` is the saved version they are, or None where the index was
+    built from embeddings that are not saved (it cannot be saved then: save
+    the embeddings first). `params` are the search parameters every search
+    uses unless told otherwise; `tuning` says how they were chosen and what
+    recall they reach.
     """
 
     index: faiss.Index
@@ -116,9 +132,19 @@ class SearchIndex:
     image_root: str
     collection: CollectionVersion | None = None
     changes: IndexChanges = field(default_factory=IndexChanges)
+    metric: str = "l2"
+    params: SearchParams = field(default_factory=SearchParams)
+    tuning: Tuning | None = None
+    store: VectorStore | None = None
+    read_only: bool = False  # memory-mapped: searched, never updated
+    _reader: RowReader | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return self.index.ntotal
+
+    @property
+    def structure(self) -> ann.Structure:
+        return ann.describe(self.factory, self.index.d, self.metric)
 
     @property
     def ids(self) -> np.ndarray:
@@ -143,23 +169,48 @@ class SearchIndex:
         return self.records.path_array[row].as_py()
 
     def vector(self, path: str) -> np.ndarray:
-        """Return the stored embedding of an indexed image."""
-        return self.index.reconstruct(self.id_of(path))
+        """Return the stored embedding of an indexed image (as embedded, whatever the index keeps)."""
+        return self.vectors_of(np.array([self.id_of(path)]))[0]
 
     def vectors(self) -> np.ndarray:
         """Return every stored embedding, in `paths` order."""
-        return self.index.reconstruct_batch(self.ids)
+        return self.store.to_array() if self.store is not None else self.index.reconstruct_batch(self.ids)
 
-    def search(self, queries: np.ndarray, k: int) -> list[list[Hit]]:
-        """Return, for each query vector, its `k` nearest indexed images, nearest first."""
+    def vectors_of(self, ids: np.ndarray) -> np.ndarray:
+        """The embeddings of images by id, read from the collection (a few rows: this is what re-ranking reads)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if self.store is None:
+            return self.index.reconstruct_batch(ids)
+        rows = self.records.rows_of_ids(ids)
+        if np.any(rows < 0):
+            raise KeyError(f"no image has id {int(ids[rows < 0][0])} in the index")
+        if self._reader is None:
+            self._reader = self.store.reader()
+        return self._reader.take(rows)
+
+    def search_ids(
+        self, queries: np.ndarray, k: int, params: str | SearchParams | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(distances, ids) of each query's `k` nearest images, nearest first; id -1 where there are fewer.
+
+        `params` ("nprobe=64,k_factor=16") override the saved ones for this call only.
+        """
         queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
         if queries.shape[1] != self.index.d:
             raise ValueError(
                 f"query vectors are {queries.shape[1]}-d but the index holds {self.index.d}-d "
                 f"vectors from {self.embedder}; embed queries with the same embedder"
             )
+        structure = self.structure
+        settings = self.params.merged(params).check(structure)
+        exact = self.vectors_of if self.store is not None else None
         with _faiss_threads(1 if len(queries) == 1 else None):
-            distances, ids = self.index.search(queries, min(k, len(self)))
+            return ann.search(self.index, queries, min(k, len(self)), self.metric, settings, exact,
+                              structure.compressed)
+
+    def search(self, queries: np.ndarray, k: int, params: str | SearchParams | None = None) -> list[list[Hit]]:
+        """Return, for each query vector, its `k` nearest indexed images, nearest first."""
+        distances, ids = self.search_ids(queries, k, params)
         rows = self.records.rows_of_ids(ids.ravel()).reshape(ids.shape)  # FAISS pads with id -1: row -1
         paths = self.records.path_array
         results = []
@@ -192,96 +243,130 @@ def _faiss_threads(count: int | None) -> Iterator[None]:
         faiss.omp_set_num_threads(before)
 
 
-def build_index(embeddings: Embeddings, factory: str = "Flat", previous: SearchIndex | None = None) -> SearchIndex:
-    """Index `embeddings` with a FAISS index made from a factory string ("Flat" is exact L2 search).
+#: An index trained on N vectors is retrained when the collection reaches RETRAIN_GROWTH x N: by then its
+#: lists hold four times the vectors they were fitted to (and an nlist of 8·√N has fallen to FAISS' lower bound
+#: of 4·√N). `benchmarks/ann_update.py` measures what growth costs in recall at fixed parameters.
+RETRAIN_GROWTH = 4
+
+
+def build_index(
+    embeddings: Embeddings,
+    factory: str = "auto",
+    previous: SearchIndex | None = None,
+    *,
+    metric: str = "l2",
+    params: str | SearchParams | None = None,
+    target_recall: float = tuning.DEFAULT_TARGET_RECALL,
+    memory_budget: int | str = tuning.DEFAULT_MEMORY_BUDGET,
+    progress: bool = False,
+) -> SearchIndex:
+    """Index `embeddings` with a FAISS index made from a factory string, or "auto" (see `tuning.choose`).
+
+    The factory is checked before any training (`IndexSpecError`, one line).
+    Search parameters are tuned to reach `target_recall` (recall@10 against
+    exact search, on held-out vectors of the collection) unless `params` are
+    given; either way the recall is measured and kept in `tuning`.
 
     With `previous` (the saved index of an earlier version of the same
-    collection, same factory and embedder), update it in place: remove the
-    vectors of images that are gone or whose record is newer than it, add
-    those of images it lacks or holds an older vector of. Index types that
-    cannot remove vectors (HNSW) are rebuilt instead. `previous` is consumed.
+    collection, same factory, metric and embedder), update it in place: remove
+    the vectors of images that are gone or whose record is newer than it, add
+    those of images it lacks or holds an older vector of. An index that cannot
+    remove vectors (HNSW), or whose collection has grown RETRAIN_GROWTH-fold
+    since it was trained (or for which "auto" now chooses another factory), is
+    rebuilt instead. `previous` is consumed.
     """
-    ids, versions = embeddings.ids, embeddings.records.versions
+    ann.check_metric(metric)
+    budget = tuning.parse_memory(memory_budget)
+    count, dim = len(embeddings), embeddings.embedder.dim
+    if factory == "auto":
+        choice = tuning.choose(count, dim, budget)
+    else:
+        choice = tuning.Choice(factory, ("the factory given",))
+    structure = ann.describe(choice.factory, dim, metric)
     built_from = CollectionVersion.of(embeddings.saved) if embeddings.is_saved else None
-    kind = (embeddings.records, embeddings.embedder, factory, embeddings.image_root, built_from)
+    kind = dict(records=embeddings.records, embedder=embeddings.embedder, factory=choice.factory,
+                image_root=embeddings.image_root, collection=built_from, metric=metric, store=embeddings.store)
+    if (updated := _update(embeddings, factory, choice, previous, metric, kind)) is not None:
+        if params is not None:  # new parameters: measure what they reach
+            measured = tuning.tune(updated.index, structure, embeddings.store, embeddings.ids, metric,
+                                   updated.vectors_of, np.zeros(0, np.int64), params=params, requested=factory,
+                                   reasons=choice.reasons)
+            updated.params, updated.tuning = SearchParams.parse(measured.params), measured
+        return updated
+
+    structure = ann.describe(choice.factory, dim, metric, count)  # too few vectors to train: refused here
+    index = ann.new_index(choice.factory, dim, metric)
+    trained = (ann.training_rows(count, structure, keep_out=tuning.TUNING_QUERIES) if not index.is_trained
+               else np.zeros(0, np.int64))
+    ann.train(index, embeddings.store, trained, metric)
+    ann.add(index, embeddings.store, embeddings.ids, metric, progress)
+    changes = IndexChanges(added=count, removed=len(previous) if previous else 0, rebuilt=True)
+    search_index = SearchIndex(index, changes=changes, **kind)
+    measured = tuning.tune(index, structure, embeddings.store, embeddings.ids, metric, search_index.vectors_of,
+                           trained, target=target_recall, params=params, requested=factory, reasons=choice.reasons)
+    search_index.params, search_index.tuning = SearchParams.parse(measured.params), measured
+    return search_index
+
+
+def _update(
+    embeddings: Embeddings, factory: str, choice: tuning.Choice, previous: SearchIndex | None, metric: str, kind: dict
+) -> SearchIndex | None:
+    """`previous` updated in place to `embeddings`, or None where it must be rebuilt (see `build_index`)."""
     base, held_version = embeddings.saved, previous.collection if previous else None
     if (
-        previous is not None and previous.factory == factory and previous.embedder.compatible_with(embeddings.embedder)
-        and base is not None and held_version is not None and held_version.collection == base.collection
-        and held_version.version <= base.version
+        previous is None or previous.read_only or previous.factory != choice.factory or previous.metric != metric
+        or not previous.embedder.compatible_with(embeddings.embedder)
+        or base is None or held_version is None or held_version.collection != base.collection
+        or held_version.version > base.version
     ):
-        held = held_ids(previous.index)
-        newer, in_index = versions > held_version.version, np.isin(ids, held)
-        stale = np.union1d(np.setdiff1d(held, ids), ids[newer & in_index])
-        new_rows = np.flatnonzero(newer | ~in_index)
-        try:
-            if len(stale):
-                previous.index.remove_ids(stale.astype(np.int64))
-        except RuntimeError:  # this index type cannot remove vectors
-            pass
-        else:
-            _add(previous.index, embeddings.store.subset(new_rows), ids[new_rows])
-            changes = IndexChanges(added=len(new_rows), removed=len(stale), rebuilt=False)
-            return SearchIndex(previous.index, *kind, changes)
+        return None
+    measured = previous.tuning
+    if measured is None or measured.requested != factory:
+        return None
+    if measured.trained_on and len(embeddings) >= RETRAIN_GROWTH * measured.trained_on:
+        return None  # outgrown what it learnt
+    ids, versions = embeddings.ids, embeddings.records.versions
+    held = held_ids(previous.index)
+    newer, in_index = versions > held_version.version, np.isin(ids, held)
+    stale = np.union1d(np.setdiff1d(held, ids), ids[newer & in_index])
+    new_rows = np.flatnonzero(newer | ~in_index)
+    if len(stale) and not previous.structure.can_remove:
+        return None
+    if len(stale):
+        previous.index.remove_ids(stale.astype(np.int64))
+    ann.add(previous.index, embeddings.store.subset(new_rows), ids[new_rows], metric)
+    changes = IndexChanges(added=len(new_rows), removed=len(stale), rebuilt=False)
+    return SearchIndex(previous.index, changes=changes, params=previous.params, tuning=measured, **kind)
 
-    index = _new_index(embeddings.embedder.dim, factory)
-    if not index.is_trained:
-        index.train(_training_sample(embeddings.store))
-    _add(index, embeddings.store, ids)
-    changes = IndexChanges(added=len(ids), removed=len(previous) if previous else 0, rebuilt=True)
-    return SearchIndex(index, *kind, changes)
+
+def compare_indexes(
+    embeddings: Embeddings,
+    factories: list[str] | None = None,
+    metric: str = "l2",
+    target_recall: float = tuning.DEFAULT_TARGET_RECALL,
+) -> list[tuning.Candidate]:
+    """Build and tune each of `factories` (by default, the types the collection's size can train) on `embeddings`:
+    recall against query time for each, as notebook 02 plots them."""
+    factories = factories or tuning.candidate_factories(len(embeddings), embeddings.embedder.dim)
+    reader, records = embeddings.store.reader(), embeddings.records
+
+    def exact(ids: np.ndarray) -> np.ndarray:
+        return reader.take(records.rows_of_ids(ids))
+
+    return tuning.compare(embeddings.store, embeddings.ids, exact, factories, metric, target_recall)
 
 
 def held_ids(index: faiss.Index) -> np.ndarray:
     """The ids of every vector `index` holds, sorted (read from FAISS' own id map or inverted lists)."""
     if isinstance(index, faiss.IndexIDMap):  # IndexIDMap2 is one
         return np.sort(faiss.vector_to_array(index.id_map))
-    ivf = _ivf_of(index)
+    ivf = ann.ivf_of(index)
     if ivf is None:
         raise ValueError(f"{type(index).__name__} does not store ids")
     lists = ivf.invlists
     parts = [faiss.rev_swig_ptr(lists.get_ids(number), lists.list_size(number)).copy()
              for number in range(ivf.nlist) if lists.list_size(number)]
     return np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
-
-
-#: Index types that learn from the data (IVF's centroids, PQ's codebooks) train on at most this many vectors,
-#: a seeded random sample, in bounded memory. FAISS asks for at least 39 per centroid: enough for about 2,500
-#: IVF lists; choosing larger indexes for millions is the approximate-index work's business.
-MAX_TRAINING_VECTORS = 100_000
-
-
-def _training_sample(store: VectorStore) -> np.ndarray:
-    """Every vector of `store` if there are few, else a seeded random sample of MAX_TRAINING_VECTORS of them."""
-    if len(store) <= MAX_TRAINING_VECTORS:
-        return store.to_array()
-    rows = np.random.default_rng(0).choice(len(store), MAX_TRAINING_VECTORS, replace=False)
-    return store.take(np.sort(rows))
-
-
-def _add(index: faiss.Index, store: VectorStore, ids: np.ndarray) -> None:
-    """Add the vectors of `store` under `ids` a chunk at a time: they are never in memory twice over."""
-    for start, vectors in store.chunks():
-        index.add_with_ids(vectors, ids[start : start + len(vectors)])
-
-
-def _new_index(dim: int, factory: str) -> faiss.Index:
-    """An empty index from `factory` that stores vectors under given ids and can return them by id."""
-    index = faiss.index_factory(dim, factory, faiss.METRIC_L2)
-    ivf = _ivf_of(index)
-    if ivf is None:
-        # IndexIDMap2 keeps id <-> row maps for index types that number rows themselves.
-        return faiss.IndexIDMap2(index)
-    # IVF indexes keep ids natively; a hash table lets them return a vector by id.
-    ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
-    return index
-
-
-def _ivf_of(index: faiss.Index) -> faiss.IndexIVF | None:
-    try:
-        return faiss.extract_index_ivf(index)
-    except RuntimeError:
-        return None
 
 
 def save_index(search_index: SearchIndex, directory: str | os.PathLike) -> list[Path]:
@@ -315,7 +400,9 @@ def _save_index(search_index: SearchIndex, directory: Path) -> list[Path]:
             "kind": "index",
             "format_version": FORMAT_VERSION,
             "factory": search_index.factory,
-            "metric": "L2",
+            "metric": search_index.metric,
+            "params": str(search_index.params),
+            "tuning": search_index.tuning.to_dict() if search_index.tuning else None,
             "index_file": index_name,
             "count": len(search_index),
             "embedder": search_index.embedder.to_dict(),
@@ -332,8 +419,12 @@ def _save_index(search_index: SearchIndex, directory: Path) -> list[Path]:
     return [metadata_path, directory / index_name]
 
 
-def load_index(directory: str | os.PathLike) -> SearchIndex:
-    """Read what `save_index` wrote, with the records of the collection version it was built from.
+def load_index(directory: str | os.PathLike, mmap: bool = True) -> SearchIndex:
+    """Read what `save_index` wrote, with the records and vectors of the collection version it was built from.
+
+    With `mmap`, the index file is memory-mapped where FAISS can map it (IVF
+    and flat indexes), so that opening a large one costs no reading: the
+    index is then read-only.
 
     Any damage (metadata missing, not JSON or not shaped as ours; an index file
     missing, unreadable, or holding other ids than the collection) raises
@@ -342,7 +433,7 @@ def load_index(directory: str | os.PathLike) -> SearchIndex:
     moved on from (embeddings saved since) raises `ArtifactError` saying to
     update it. Indexes of format 3 (records in `index.json`) are read as they are.
     """
-    search_index = _load(Path(directory))
+    search_index = _load(Path(directory), mmap)
     if search_index.collection is None:
         return search_index  # format 3: its own records
     built_from = search_index.collection
@@ -359,7 +450,7 @@ def load_index(directory: str | os.PathLike) -> SearchIndex:
             f"{index_advice(directory, 'update')}"
         )
     _check_ids(search_index, embeddings, Path(directory))
-    search_index.records = embeddings.records
+    search_index.records, search_index.store = embeddings.records, embeddings.store
     return search_index
 
 
@@ -400,13 +491,14 @@ def load_previous_index(directory: str | os.PathLike, embeddings: Embeddings | N
         return None
 
 
-def _load(directory: Path) -> SearchIndex:
+def _load(directory: Path, mmap: bool = False) -> SearchIndex:
     """The index and what its metadata says; records only where the metadata holds them (format 3)."""
     path = directory / METADATA_FILE
     metadata = read_json(path, kind="index")
     advice = index_advice(directory)
     try:
         factory, index_name, embedder, image_root, records, built_from, count = _parse_metadata(directory, metadata)
+        metric, params, measured = _parse_search(metadata, factory, embedder.dim)
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as error:
         detail = f"no {one_line(error.args[0])!r} entry" if isinstance(error, KeyError) else one_line(error)[:200]
         damage = f"{path} is damaged (not index metadata as this code writes it: {detail})"
@@ -415,7 +507,7 @@ def _load(directory: Path) -> SearchIndex:
     if not index_path.is_file():
         raise DamagedStateError(f"{index_path}, named by {METADATA_FILE}, is missing", advice)
     try:
-        index = faiss.read_index(str(index_path))
+        index, mapped = _read_index(index_path, mmap)
     except RuntimeError as error:
         damage = f"{index_path} is damaged (not a readable FAISS index: {_faiss_reason(error)})"
         raise DamagedStateError(damage, advice) from error
@@ -425,10 +517,30 @@ def _load(directory: Path) -> SearchIndex:
             f"{count} images, {embedder.dim}-d: the two come from different saves, or one was changed)",
             advice,
         )
-    ivf = _ivf_of(index)
-    if ivf is not None:
-        ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
-    return SearchIndex(index, records, embedder, factory, image_root, built_from)
+    return SearchIndex(index, records, embedder, factory, image_root, built_from, metric=metric, params=params,
+                       tuning=measured, read_only=mapped)
+
+
+def _read_index(path: Path, mmap: bool) -> tuple[faiss.Index, bool]:
+    """The FAISS index in `path`, memory-mapped if `mmap` and FAISS can map it; and whether it is."""
+    if mmap:
+        for flag in (faiss.IO_FLAG_MMAP_IFC, faiss.IO_FLAG_MMAP):  # flat codes (Flat, PQ); inverted lists (IVF)
+            try:
+                return faiss.read_index(str(path), flag | faiss.IO_FLAG_READ_ONLY), True
+            except RuntimeError:
+                continue
+    return faiss.read_index(str(path)), False
+
+
+def _parse_search(metadata: dict, factory: str, dim: int) -> tuple[str, SearchParams, Tuning | None]:
+    """The metric, search parameters and tuning record of an index's metadata (L2 and FAISS' defaults where an
+    older save has none)."""
+    metric = str(metadata.get("metric", "l2")).lower()
+    ann.check_metric(metric)
+    params = SearchParams.parse(metadata.get("params", ""))
+    params.check(ann.describe(factory, dim, metric))
+    recorded = metadata.get("tuning")
+    return metric, params, Tuning.from_dict(recorded) if recorded is not None else None
 
 
 def _parse_metadata(

@@ -22,21 +22,26 @@ def check_compatible(search_index: SearchIndex, embedder: Embedder) -> None:
         )
 
 
-def search_indexed(search_index: SearchIndex, path: str, k: int, include_self: bool = False) -> list[Hit]:
+def search_indexed(
+    search_index: SearchIndex, path: str, k: int, include_self: bool = False, params: str | None = None
+) -> list[Hit]:
     """Return the `k` nearest neighbours of an indexed image; the image itself only if `include_self`."""
     wanted = k if include_self else k + 1
-    (hits,) = search_index.search(search_index.vector(path), wanted)
+    (hits,) = search_index.search(search_index.vector(path), wanted, params)
     if not include_self:
         hits = [hit for hit in hits if hit.path != path]
     return [Hit(rank, hit.path, hit.distance) for rank, hit in enumerate(hits[:k])]
 
 
-def search_image(search_index: SearchIndex, embedder: Embedder, source: ImageSource, k: int) -> list[Hit]:
+def search_image(
+    search_index: SearchIndex, embedder: Embedder, source: ImageSource, k: int, params: str | None = None
+) -> list[Hit]:
     """Embed an outside image (a file path, or bytes such as an upload) and return its `k` nearest neighbours.
 
-    Raises `ImageLoadError` with a readable reason when `source` is not an image.
+    `params` ("nprobe=64") override the index's saved search parameters for this query. Raises
+    `ImageLoadError` with a readable reason when `source` is not an image.
     """
     check_compatible(search_index, embedder)
     pixels = load_image(source, embedder.info.input_size)
-    (hits,) = search_index.search(embedder.embed(pixels[None]), k)
+    (hits,) = search_index.search(embedder.embed(pixels[None]), k, params)
     return hits

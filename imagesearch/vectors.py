@@ -157,6 +157,72 @@ class VectorStore:
         """A store of only `rows`, in that order, over the same sources (nothing is read)."""
         return VectorStore(self.sources, self.locations[np.asarray(rows, dtype=np.int64)], self.dim)
 
+    def reader(self) -> RowReader:
+        """A reader of a few rows at a time, for searches that re-rank candidates by their exact vectors."""
+        return RowReader(self)
+
+
+class RowReader:
+    """Reads scattered rows of a store quickly: one `pread` per row from shard files kept open.
+
+    `VectorStore.take` opens each source for every call, which is right for
+    chunks of a thousand rows and far too slow for a query's hundred
+    candidates spread over a hundred shards. Reads go through the page cache,
+    not a memory map, so rows read stay out of this process's resident memory:
+    it holds only the index's codes, however many queries re-rank. Safe to use
+    from several threads at once (`pread` has no file position to share).
+    """
+
+    def __init__(self, store: VectorStore):
+        self.store = store
+        self._files: dict[int, tuple[int, int]] = {}  # source number -> (file descriptor, offset of row 0)
+        self._row_bytes = store.dim * 4
+
+    #: Above this many rows, a request is read source by source (`VectorStore.take`): fewer calls per row.
+    MANY_ROWS = 256
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        """The vectors of `rows` (any order, repeats allowed), as a new (len(rows), dim) float32 array."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) > self.MANY_ROWS:  # a batch of queries' candidates, as tuning reads them
+            return self.store.take(rows)
+        out = np.empty((len(rows), self.store.dim), dtype=np.float32)
+        view = memoryview(out).cast("B")
+        for i, (number, row) in enumerate(self.store.locations[rows].tolist()):
+            source = self.store.sources[number]
+            if not (isinstance(source, FileSource) and source.key is None):  # in memory, or a journal's archive
+                out[i] = source.read(np.array([row]))[0]
+                continue
+            descriptor, start = self._open(number, source)
+            size = self._row_bytes
+            if os.preadv(descriptor, [view[i * size : (i + 1) * size]], start + row * size) != size:
+                raise DamagedStateError(
+                    f"{source.path} is damaged (truncated: row {row} is not all there)",
+                    embeddings_advice(source.path.parent),
+                )
+        return out
+
+    def close(self) -> None:
+        for descriptor, _ in self._files.values():
+            os.close(descriptor)
+        self._files.clear()
+
+    def __del__(self) -> None:
+        self.close()
+
+    def _open(self, number: int, source: FileSource) -> tuple[int, int]:
+        if (opened := self._files.get(number)) is None:
+            shape, dtype = shard_shape(source.path)
+            if dtype != np.float32 or shape[1:] != (self.store.dim,):
+                raise DamagedStateError(
+                    f"{source.path} is damaged (it holds {shape} {dtype}, not {self.store.dim}-d float32 rows)",
+                    embeddings_advice(source.path.parent),
+                )
+            descriptor = os.open(source.path, os.O_RDONLY)
+            size = os.fstat(descriptor).st_size
+            opened = self._files[number] = (descriptor, size - shape[0] * self._row_bytes)
+        return opened
+
 
 def write_shard(path: str | os.PathLike, store: VectorStore, rows: np.ndarray) -> None:
     """Write the vectors of `rows` of `store` to a `.npy` file, a chunk at a time."""

@@ -113,7 +113,8 @@ def test_images_keep_their_ids_and_new_images_never_reuse_an_old_id(folder, tmp_
     assert updated.next_id == 12
 
 
-@pytest.mark.parametrize("factory, in_place", [("Flat", True), ("IVF2,Flat", True), ("HNSW8", False)])
+# IVF indexes need 39 training vectors per list, more than these images: tests/test_ann.py updates them.
+@pytest.mark.parametrize("factory, in_place", [("Flat", True), ("HNSW8", False)])
 def test_index_types_that_can_remove_vectors_update_in_place_and_others_are_rebuilt(
     folder, tmp_path, make_image, random_resnet, factory, in_place
 ):

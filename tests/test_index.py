@@ -10,11 +10,11 @@ import faiss
 import numpy as np
 import pytest
 
-from imagesearch import index as index_module
+from imagesearch.ann import describe, training_rows
 from imagesearch.collection import load_embeddings, save_embeddings
 from imagesearch.evaluate import self_check
 from imagesearch.images import ImageLoadError
-from imagesearch.index import METADATA_FILE, _faiss_threads, _training_sample, build_index, load_index, save_index
+from imagesearch.index import METADATA_FILE, _faiss_threads, build_index, load_index, save_index
 from imagesearch.query import EmbedderMismatchError, check_compatible, search_image, search_indexed
 from imagesearch.storage import ArtifactError, DamagedStateError
 
@@ -93,12 +93,9 @@ def test_very_similar_images_are_not_counted_as_twins(make_embeddings, vectors):
 def test_self_check_notices_an_image_that_comes_back_second_behind_a_different_one(make_embeddings, vectors):
     class SwapsTheFirstTwo:  # stands in for an index that answers wrong: the second-nearest first
         def __init__(self, index):
-            self.index, self.ntotal = index, index.ntotal
+            self.index, self.ntotal, self.d = index, index.ntotal, index.d
 
-        def reconstruct_batch(self, ids):
-            return self.index.reconstruct_batch(ids)
-
-        def search(self, queries, k):
+        def search(self, queries, k, params=None):
             distances, ids = self.index.search(queries, k)
             return distances[:, [1, 0, *range(2, k)]], ids[:, [1, 0, *range(2, k)]]
 
@@ -192,21 +189,14 @@ def test_approximate_ivf_index_trains_and_finds_each_vector_itself(make_embeddin
         assert [hit.distance for hit in hits] == sorted(hit.distance for hit in hits)
 
 
-def test_a_large_collection_trains_on_a_bounded_seeded_sample_and_still_indexes_everything(
-    make_embeddings, monkeypatch
-):
-    monkeypatch.setattr(index_module, "MAX_TRAINING_VECTORS", 40)
-    vectors = np.random.default_rng(3).normal(size=(100, 16)).astype(np.float32)
-    embeddings = make_embeddings(vectors, [f"img_{row:03d}.jpg" for row in range(100)])
-    sample = _training_sample(embeddings.store)
-    assert sample.shape == (40, 16)
-    assert len({row.tobytes() for row in sample}) == 40 and {row.tobytes() for row in sample} <= {
-        row.tobytes() for row in vectors
-    }
-    assert np.array_equal(_training_sample(embeddings.store), sample)  # seeded: the same sample every time
-    ivf = build_index(embeddings, "IVF4,Flat")
-    ivf.index.nprobe = 4
-    assert len(ivf) == 100
+def test_a_large_collection_trains_on_a_bounded_seeded_sample_and_still_indexes_everything(make_embeddings):
+    vectors = np.random.default_rng(3).normal(size=(1000, 16)).astype(np.float32)
+    embeddings = make_embeddings(vectors, [f"img_{row:04d}.jpg" for row in range(1000)])
+    rows = training_rows(len(vectors), describe("IVF4,Flat", 16))
+    assert len(rows) == 4 * 64 and np.array_equal(rows, np.unique(rows))  # 64 per centroid, each row once
+    assert np.array_equal(training_rows(len(vectors), describe("IVF4,Flat", 16)), rows)  # seeded: the same every time
+    ivf = build_index(embeddings, "IVF4,Flat", params="nprobe=4")
+    assert len(ivf) == 1000 and ivf.tuning.trained_on == 256
     assert [hits[0].path for hits in ivf.search(vectors, 1)] == embeddings.paths
 
 

@@ -1,0 +1,401 @@
+"""FAISS indexes of every kind behind one set of calls: metric, factory check, training, search parameters, re-ranking.
+
+An index is described by a FAISS factory string: "Flat" is exact search;
+"IVF4096,Flat", "HNSW32" and "PCAR256,IVF4096,PQ64" are approximate. This
+module is what the rest of the package knows of FAISS:
+
+- **Metric**, chosen when an index is built: "l2" (squared Euclidean distance
+  between raw vectors, the seed's) or "cosine" (vectors normalised to unit
+  length, searched by inner product; reported as the cosine distance 1 - cos).
+  Either way a hit's `distance` is smaller for nearer images.
+- **Factory check** (`describe`) before anything is trained: a string FAISS
+  cannot build, or a collection too small for what it must learn (FAISS wants
+  about 39 training vectors per centroid), is answered in one line that
+  suggests a factory that fits.
+- **Training in bounded memory** (`train`): a seeded sample, read from the
+  collection's shards; a PCA or OPQ in front is trained on a smaller sample
+  first, so that the coarse quantizer's larger sample is held already reduced.
+- **Search parameters** (`SearchParams`): FAISS' `ParameterSpace` syntax
+  ("nprobe=32,efSearch=64"), plus `k_factor`, the re-ranking depth. They are
+  passed to FAISS per call (`faiss.SearchParameters`), never set on the shared
+  index, so concurrent searches with different parameters do not interfere.
+- **Re-ranking** (`search` with `exact`): an index that stores compressed
+  codes returns k x k_factor candidates; their exact distances are computed
+  from the full vectors, read from the collection's shards for this query
+  only, and the k nearest kept. Resident memory stays at the codes.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+
+from .errors import UserFacingError
+from .vectors import VectorStore
+
+METRICS = {"l2": faiss.METRIC_L2, "cosine": faiss.METRIC_INNER_PRODUCT}
+
+#: FAISS warns below 39 training vectors per centroid (`ClusteringParameters.min_points_per_centroid`): fewer
+#: leave centroids poorly placed. We refuse below it, before any training.
+MIN_POINTS_PER_CENTROID = 39
+#: Training samples hold up to this many vectors per centroid (FAISS' k-means subsamples to 256 anyway).
+TRAINING_POINTS_PER_CENTROID = 64
+#: A PCA or OPQ transform in front of an index is trained on at most this many vectors, a seeded sample.
+TRANSFORM_TRAINING_VECTORS = 65_536
+
+#: Search parameters this package passes to FAISS, and the one it applies itself.
+INDEX_PARAMETERS = ("nprobe", "efSearch")
+RERANK_PARAMETER = "k_factor"
+
+
+class IndexSpecError(UserFacingError, ValueError):
+    """A factory string, metric or search parameter that cannot work here; the message says what would."""
+
+
+@dataclass(frozen=True)
+class Structure:
+    """What a factory string builds, read from an (untrained) FAISS index of it."""
+
+    factory: str
+    dim: int
+    nlist: int = 0  # inverted lists (0: not an IVF index)
+    pq_centroids: int = 0  # centroids per product-quantizer sub-space (0: no PQ)
+    hnsw: bool = False
+    compressed: bool = False  # stores codes, not the vectors: distances are approximate until re-ranked
+    code_bytes: int = 0  # bytes per stored vector, without its id
+
+    @property
+    def exact(self) -> bool:
+        """Searches every vector with exact distances ("Flat")."""
+        return not (self.nlist or self.hnsw or self.compressed)
+
+    @property
+    def centroids(self) -> int:
+        """The most centroids one k-means of training learns (IVF lists or PQ codes): what sets the sample's size."""
+        return max(self.nlist, self.pq_centroids)
+
+    @property
+    def min_training(self) -> int:
+        return MIN_POINTS_PER_CENTROID * self.centroids
+
+    @property
+    def can_remove(self) -> bool:
+        return not self.hnsw
+
+    @property
+    def parameters(self) -> tuple[str, ...]:
+        """The search parameters this index takes."""
+        names = (("nprobe",) if self.nlist else ()) + (("efSearch",) if self.hnsw else ())
+        return names + ((RERANK_PARAMETER,) if self.compressed else ())
+
+    def bytes_per_vector(self) -> int:
+        """Resident bytes per stored vector: its code and its 8-byte id (and HNSW's links, about 2M ids of 4 bytes)."""
+        links = 2 * 32 * 4 if self.hnsw else 0
+        return self.code_bytes + 8 + links
+
+
+def describe(factory: str, dim: int, metric: str = "l2", count: int | None = None) -> Structure:
+    """Check `factory` (and, given `count`, that a collection that size can train it) before any training.
+
+    Raises `IndexSpecError`, one line naming a factory that would fit.
+    """
+    check_metric(metric)
+    try:
+        index = faiss.index_factory(dim, factory, METRICS[metric])
+    except RuntimeError as error:
+        reason = re.sub(r"^Error in .*? at \S+:\d+: (Error: '.*?' failed: )?", "", str(error).splitlines()[0])
+        raise IndexSpecError(
+            f"cannot build a FAISS index from {factory!r} for {dim}-d vectors ({reason}); "
+            f"try {suggest_factory(count or 0, dim)!r}, or 'auto' to let the collection's size decide"
+        ) from None
+    structure = _structure(factory, index)
+    if count is not None and not index.is_trained and count < structure.min_training:
+        raise IndexSpecError(
+            f"{factory!r} learns {structure.centroids} centroids, which needs at least {structure.min_training} "
+            f"vectors ({MIN_POINTS_PER_CENTROID} per centroid) and the collection has {count}; "
+            f"try {suggest_factory(count, dim)!r}, or 'auto'"
+        )
+    return structure
+
+
+def suggest_factory(count: int, dim: int) -> str:
+    """A factory that a collection of `count` vectors can train: exact search when it is small, else IVF-Flat."""
+    nlist = 1 << max(0, int(np.log2(max(1, count // (4 * MIN_POINTS_PER_CENTROID)))))
+    return "Flat" if nlist < 16 else f"IVF{min(nlist, 1 << int(np.log2(16 * np.sqrt(count))))},Flat"
+
+
+def check_metric(metric: str) -> None:
+    if metric not in METRICS:
+        raise IndexSpecError(f"unknown metric {metric!r}; use one of {', '.join(METRICS)}")
+
+
+def _structure(factory: str, index: faiss.Index) -> Structure:
+    inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexPreTransform) else index
+    pq_centroids = code_bytes = 0
+    ivf = ivf_of(inner)
+    nlist = ivf.nlist if ivf is not None else 0
+    quantizer = getattr(faiss.downcast_index(ivf) if ivf is not None else inner, "pq", None)
+    if quantizer is not None:
+        pq_centroids = 1 << quantizer.nbits
+    hnsw = isinstance(inner, faiss.IndexHNSW)
+    storage = faiss.downcast_index(inner.storage) if hnsw else (ivf if ivf is not None else inner)
+    code_bytes = getattr(storage, "code_size", 4 * index.d)
+    full = 4 * index.d
+    compressed = isinstance(index, faiss.IndexPreTransform) or code_bytes < full
+    return Structure(factory, index.d, nlist, pq_centroids, hnsw, compressed, int(code_bytes))
+
+
+def ivf_of(index: faiss.Index) -> faiss.IndexIVF | None:
+    try:
+        return faiss.extract_index_ivf(index)
+    except RuntimeError:
+        return None
+
+
+def new_index(factory: str, dim: int, metric: str = "l2") -> faiss.Index:
+    """An empty index from `factory` that stores vectors under given ids (IVF natively; others in an IndexIDMap2).
+
+    IVF indexes keep no id-to-list map: it would cost more resident memory
+    than a compressed code. Vectors are read by id from the collection instead.
+    """
+    describe(factory, dim, metric)
+    index = faiss.index_factory(dim, factory, METRICS[metric])
+    return index if ivf_of(index) is not None else faiss.IndexIDMap2(index)
+
+
+def prepared(vectors: np.ndarray, metric: str) -> np.ndarray:
+    """`vectors` as the index stores them: unit length for cosine (a copy), as they are for L2."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if metric != "cosine":
+        return vectors
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.maximum(norms, np.finfo(np.float32).tiny)
+
+
+def training_rows(count: int, structure: Structure, keep_out: int = 0, seed: int = 0) -> np.ndarray:
+    """The rows a `structure` index is trained on: all of a small collection, else a seeded sample, sorted.
+
+    At least `keep_out` rows are left out where the collection allows it
+    (`structure.min_training` comes first), so that recall can be measured on
+    vectors the index was not trained on.
+    """
+    wanted = max(structure.min_training, TRAINING_POINTS_PER_CENTROID * structure.centroids)
+    wanted = min(wanted, max(structure.min_training, count - keep_out))
+    if count <= wanted:
+        return np.arange(count)
+    return np.sort(np.random.default_rng(seed).choice(count, wanted, replace=False))
+
+
+def train(index: faiss.Index, store: VectorStore, rows: np.ndarray, metric: str) -> None:
+    """Train `index` on `rows` of `store` without holding more of them at full size than a transform needs.
+
+    A PCA or OPQ in front (`IndexPreTransform`) is trained first on up to
+    TRANSFORM_TRAINING_VECTORS of the rows; the rows are then read a chunk at
+    a time and transformed, and the index behind it trained on the reduced
+    vectors: at 2048 to 256 dimensions, an eighth of the memory.
+    """
+    if index.is_trained:
+        return
+    target = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap) else index
+    if not isinstance(target, faiss.IndexPreTransform):
+        target.train(prepared(store.take(rows), metric))
+        return
+    first = rows[np.linspace(0, len(rows) - 1, min(len(rows), TRANSFORM_TRAINING_VECTORS)).astype(int)]
+    sample = prepared(store.take(first), metric)
+    for number in range(target.chain.size()):
+        transform = target.chain.at(number)
+        transform.train(sample)
+        sample = transform.apply(sample)
+    del sample
+    reduced = np.concatenate([_apply_chain(target, chunk) for chunk in _read(store, rows, metric)])
+    inner = faiss.downcast_index(target.index)
+    inner.train(reduced)
+    target.is_trained = True
+    index.is_trained = True
+
+
+def _apply_chain(index: faiss.IndexPreTransform, vectors: np.ndarray) -> np.ndarray:
+    for number in range(index.chain.size()):
+        vectors = index.chain.at(number).apply(vectors)
+    return vectors
+
+
+def _read(store: VectorStore, rows: np.ndarray, metric: str, chunk: int = 8192) -> Iterator[np.ndarray]:
+    for start in range(0, len(rows), chunk):
+        yield prepared(store.take(rows[start : start + chunk]), metric)
+
+
+def add(index: faiss.Index, store: VectorStore, ids: np.ndarray, metric: str, progress: bool = False) -> None:
+    """Add the vectors of `store` under `ids`, a chunk at a time: they are never all in memory."""
+    chunks = store.chunks(8192)
+    if progress and len(store) > 8192:
+        from tqdm.auto import tqdm
+
+        chunks = tqdm(chunks, total=-(-len(store) // 8192), desc="adding to the index", unit="chunk")
+    for start, vectors in chunks:
+        index.add_with_ids(prepared(vectors, metric), ids[start : start + len(vectors)])
+
+
+@dataclass(frozen=True)
+class SearchParams:
+    """Search parameters, written as FAISS' `ParameterSpace` strings: "nprobe=32,k_factor=8".
+
+    `nprobe` (inverted lists visited) and `efSearch` (HNSW's candidate list)
+    go to FAISS; `k_factor` is the re-ranking depth: k x k_factor candidates
+    are re-ranked by their exact vectors.
+    """
+
+    values: tuple[tuple[str, int], ...] = ()
+
+    @classmethod
+    def parse(cls, text: str | SearchParams | None) -> SearchParams:
+        if isinstance(text, SearchParams):
+            return text
+        values = {}
+        for part in filter(None, (text or "").replace(" ", "").split(",")):
+            name, equals, value = part.partition("=")
+            if name not in (*INDEX_PARAMETERS, RERANK_PARAMETER) or not equals:
+                raise IndexSpecError(
+                    f"cannot read the search parameter {part!r}; write name=value pairs separated by commas, "
+                    f"with names among {', '.join((*INDEX_PARAMETERS, RERANK_PARAMETER))} (e.g. nprobe=32,k_factor=8)"
+                )
+            if not value.isdigit() or int(value) < 1:
+                raise IndexSpecError(f"the search parameter {name} must be a whole number of at least 1, not {value!r}")
+            values[name] = int(value)
+        return cls(tuple(sorted(values.items())))
+
+    def __str__(self) -> str:
+        return ",".join(f"{name}={value}" for name, value in self.values)
+
+    def get(self, name: str, default: int | None = None) -> int | None:
+        return dict(self.values).get(name, default)
+
+    def merged(self, overrides: str | SearchParams | None) -> SearchParams:
+        """These parameters, with those of `overrides` in place of their own."""
+        return SearchParams(tuple(sorted((dict(self.values) | dict(SearchParams.parse(overrides).values)).items())))
+
+    def check(self, structure: Structure) -> SearchParams:
+        """Refuse parameters that `structure` has no use for (one line naming those it takes)."""
+        unused = [name for name, _ in self.values if name not in structure.parameters]
+        if unused:
+            takes = ", ".join(structure.parameters) or "none"
+            raise IndexSpecError(
+                f"a {structure.factory!r} index takes no {', '.join(unused)} (its search parameters: {takes})"
+            )
+        if (nprobe := self.get("nprobe")) and nprobe > structure.nlist:
+            raise IndexSpecError(f"nprobe={nprobe} is more than the index's {structure.nlist} lists")
+        return self
+
+
+def faiss_parameters(index: faiss.Index, params: SearchParams) -> tuple[faiss.SearchParameters | None, list]:
+    """The `faiss.SearchParameters` for `index` (None: FAISS' defaults), and the objects it points to.
+
+    Keep the list alive until the search returns: FAISS holds raw pointers to
+    nested parameters.
+    """
+    inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap) else index
+    pretransform = isinstance(inner, faiss.IndexPreTransform)
+    if pretransform:
+        inner = faiss.downcast_index(inner.index)
+    if (nprobe := params.get("nprobe")) is not None and ivf_of(inner) is not None:
+        own = faiss.SearchParametersIVF(nprobe=nprobe)
+    elif (ef := params.get("efSearch")) is not None and isinstance(inner, faiss.IndexHNSW):
+        own = faiss.SearchParametersHNSW(efSearch=ef)
+    else:
+        return None, []
+    if not pretransform:
+        return own, [own]
+    wrapper = faiss.SearchParametersPreTransform(index_params=own)
+    return wrapper, [wrapper, own]
+
+
+def search(
+    index: faiss.Index,
+    queries: np.ndarray,
+    k: int,
+    metric: str,
+    params: SearchParams = SearchParams(),
+    exact: Callable[[np.ndarray], np.ndarray] | None = None,
+    compressed: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The `k` nearest ids of each query and their distances (smaller is nearer), nearest first; -1 pads.
+
+    With `exact` (ids -> their full vectors) and a `compressed` index, the
+    index is asked for k x k_factor candidates, which are ranked again by
+    their exact distances: the distances returned are then exact too.
+    """
+    queries = prepared(np.atleast_2d(queries), metric)
+    if exact is not None and compressed:
+        _, ids = candidates(index, queries, k * params.get(RERANK_PARAMETER, 1), metric, params)
+        return rerank(queries, ids, exact, metric, k)
+    return candidates(index, queries, k, metric, params)
+
+
+def candidates(
+    index: faiss.Index, queries: np.ndarray, count: int, metric: str, params: SearchParams = SearchParams()
+) -> tuple[np.ndarray, np.ndarray]:
+    """What the index itself answers: `count` ids per query and their (approximate) distances, smaller nearer.
+
+    `queries` must be `prepared` already.
+    """
+    faiss_params, keep_alive = faiss_parameters(index, params)
+    distances, ids = index.search(queries, count, params=faiss_params)
+    del keep_alive
+    if metric == "cosine":
+        distances = np.where(ids >= 0, 1 - distances, np.inf).astype(np.float32)
+    return distances, ids
+
+
+def rerank(
+    queries: np.ndarray, candidates: np.ndarray, exact: Callable[[np.ndarray], np.ndarray], metric: str, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The `k` nearest of each query's `candidates` ids (-1: none) by exact distance, with those distances.
+
+    `queries` must be `prepared`; `exact` returns the full vectors of ids.
+    """
+    found = candidates >= 0
+    vectors = prepared(exact(candidates[found]), metric)
+    rows = np.nonzero(found)[0]
+    if metric == "cosine":
+        exact_distances = 1 - np.einsum("ij,ij->i", vectors, queries[rows])
+    else:
+        gaps = vectors - queries[rows]
+        exact_distances = np.einsum("ij,ij->i", gaps, gaps)
+    distances = np.full(candidates.shape, np.inf, dtype=np.float32)
+    distances[found] = exact_distances
+    order = np.argsort(distances, axis=1, kind="stable")[:, :k]
+    ids = np.take_along_axis(np.where(found, candidates, -1), order, axis=1)
+    return np.take_along_axis(distances, order, axis=1), ids
+
+
+def exact_search(
+    store: VectorStore, ids: np.ndarray, queries: np.ndarray, k: int, metric: str, chunk: int = 16384
+) -> tuple[np.ndarray, np.ndarray]:
+    """The exact `k` nearest ids (and distances) of `queries` among `store`'s vectors, reading it a chunk at a time.
+
+    The reference an approximate index's recall is measured against.
+    """
+    queries = prepared(np.atleast_2d(queries), metric)
+    best_distances = np.full((len(queries), 0), np.inf, dtype=np.float32)
+    best_ids = np.zeros((len(queries), 0), dtype=np.int64)
+    for start, vectors in store.chunks(chunk):
+        distances, rows = faiss.knn(queries, prepared(vectors, metric), min(k, len(vectors)), metric=METRICS[metric])
+        if metric == "cosine":
+            distances = 1 - distances
+        merged_distances = np.concatenate([best_distances, distances], axis=1)
+        merged_ids = np.concatenate([best_ids, ids[start + rows]], axis=1)
+        order = np.argsort(merged_distances, axis=1, kind="stable")[:, :k]
+        best_distances = np.take_along_axis(merged_distances, order, axis=1)
+        best_ids = np.take_along_axis(merged_ids, order, axis=1)
+    return best_distances, best_ids
+
+
+def recall_at_k(found: np.ndarray, truth: np.ndarray, k: int) -> float:
+    """Mean fraction of each query's true `k` nearest ids (rows of `truth`) among its first `k` found (-1: none)."""
+    found, truth = np.asarray(found)[:, :k], np.asarray(truth)[:, :k]
+    hits = (found[:, :, None] == truth[:, None, :]) & (found[:, :, None] >= 0)
+    return float(hits.any(axis=1).sum() / truth.size) if truth.size else 1.0
