@@ -50,6 +50,8 @@ TRANSFORM_TRAINING_VECTORS = 65_536
 #: Search parameters this package passes to FAISS, and the one it applies itself.
 INDEX_PARAMETERS = ("nprobe", "efSearch")
 RERANK_PARAMETER = "k_factor"
+#: Re-ranking reads at least this many candidates times k_factor, whatever k is asked for.
+MIN_RERANK_K = 10
 
 
 class IndexSpecError(UserFacingError, ValueError):
@@ -164,6 +166,10 @@ def new_index(factory: str, dim: int, metric: str = "l2") -> faiss.Index:
     """
     describe(factory, dim, metric)
     index = faiss.index_factory(dim, factory, METRICS[metric])
+    inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexPreTransform) else index
+    if hasattr(inner, "do_polysemous_training"):
+        # FAISS trains 8-bit PQ codes for polysemous search by default, which we never use: 4x the training time.
+        inner.do_polysemous_training = False
     return index if ivf_of(index) is not None else faiss.IndexIDMap2(index)
 
 
@@ -330,7 +336,9 @@ def search(
     """
     queries = prepared(np.atleast_2d(queries), metric)
     if exact is not None and compressed:
-        _, ids = candidates(index, queries, k * params.get(RERANK_PARAMETER, 1), metric, params)
+        # The depth is counted from k = 10 at least: recall is tuned at k = 10, and a smaller k must not re-rank less.
+        depth = max(k, MIN_RERANK_K) * params.get(RERANK_PARAMETER, 1)
+        _, ids = candidates(index, queries, depth, metric, params)
         return rerank(queries, ids, exact, metric, k)
     return candidates(index, queries, k, metric, params)
 
@@ -395,7 +403,11 @@ def exact_search(
 
 
 def recall_at_k(found: np.ndarray, truth: np.ndarray, k: int) -> float:
-    """Mean fraction of each query's true `k` nearest ids (rows of `truth`) among its first `k` found (-1: none)."""
+    """Mean fraction of each query's true `k` nearest ids (rows of `truth`) among its first `k` found.
+
+    -1 marks "no id": one in `found` is never a hit; one in `truth` counts as a miss (give `k` no larger than the
+    collection, and there is none).
+    """
     found, truth = np.asarray(found)[:, :k], np.asarray(truth)[:, :k]
     hits = (found[:, :, None] == truth[:, None, :]) & (found[:, :, None] >= 0)
     return float(hits.any(axis=1).sum() / truth.size) if truth.size else 1.0

@@ -35,6 +35,7 @@ returns None, and the update rebuilds it.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import warnings
@@ -282,15 +283,19 @@ def build_index(
         choice = tuning.choose(count, dim, budget)
     else:
         choice = tuning.Choice(factory, ("the factory given",))
-    structure = ann.describe(choice.factory, dim, metric)
+    structure = ann.describe(choice.factory, dim, metric, count if previous is None else None)
     built_from = CollectionVersion.of(embeddings.saved) if embeddings.is_saved else None
     kind = dict(records=embeddings.records, embedder=embeddings.embedder, factory=choice.factory,
                 image_root=embeddings.image_root, collection=built_from, metric=metric, store=embeddings.store)
     if (updated := _update(embeddings, factory, choice, previous, metric, kind)) is not None:
-        if params is not None:  # new parameters: measure what they reach
+        if params is not None:  # new parameters: measure what they reach (on any vectors: which were trained on
+            # is not known after an update), keeping what the index was trained from
             measured = tuning.tune(updated.index, structure, embeddings.store, embeddings.ids, metric,
                                    updated.vectors_of, np.zeros(0, np.int64), params=params, requested=factory,
                                    reasons=choice.reasons)
+            before = updated.tuning
+            measured = dataclasses.replace(measured, held_out=False, trained_on=before.trained_on,
+                                           trained_at=before.trained_at)
             updated.params, updated.tuning = SearchParams.parse(measured.params), measured
         return updated
 
@@ -323,7 +328,7 @@ def _update(
     measured = previous.tuning
     if measured is None or measured.requested != factory:
         return None
-    if measured.trained_on and len(embeddings) >= RETRAIN_GROWTH * measured.trained_on:
+    if measured.trained_at and len(embeddings) >= RETRAIN_GROWTH * measured.trained_at:
         return None  # outgrown what it learnt
     ids, versions = embeddings.ids, embeddings.records.versions
     held = held_ids(previous.index)

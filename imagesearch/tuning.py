@@ -84,9 +84,10 @@ class Tuning:
     queries: int  # held-out queries recall was measured on
     held_out: bool  # the queries were not in the training sample
     count: int  # vectors in the index when it was measured
-    trained_on: int  # vectors the index was trained from (0: needs no training)
+    trained_on: int  # vectors the index was trained from, a sample (0: needs no training)
     reasons: tuple[str, ...] = ()
     curve: tuple[Point, ...] = field(default=())
+    trained_at: int = 0  # vectors in the collection when the index was trained (0: needs no training)
 
     @property
     def point(self) -> Point:
@@ -151,9 +152,7 @@ def choose(count: int, dim: int, memory_budget: int = DEFAULT_MEMORY_BUDGET) -> 
         ))
     nlist = ivf_lists(count)
     reduced = min(dim, PQ_DIM)
-    codes = min(PQ_BYTES, reduced)
-    factory = f"{f'PCAR{reduced},' if reduced < dim else ''}IVF{nlist},PQ{codes}"
-    structure = ann.describe(factory, dim)
+    factory, structure = _compressed(count, dim, nlist, reduced)
     ivf_bytes = count * structure.bytes_per_vector()
     if ivf_bytes > memory_budget:
         raise ann.IndexSpecError(
@@ -163,11 +162,24 @@ def choose(count: int, dim: int, memory_budget: int = DEFAULT_MEMORY_BUDGET) -> 
     return Choice(factory, (
         too_many,
         f"HNSW would need {hnsw_bytes / gib:.2f} GiB, more than the memory budget ({memory_budget / gib:.2f} GiB)",
-        f"IVF-PQ: {nlist} lists (FAISS recommends 4·√N to 16·√N), "
+        f"compressed IVF: {nlist} lists (FAISS recommends 4·√N to 16·√N), "
         + (f"PCA with a random rotation to {reduced}-d, " if reduced < dim else "")
-        + f"{codes}-byte codes: {structure.bytes_per_vector()} bytes per vector resident "
+        + f"{structure.code_bytes}-byte codes: {structure.bytes_per_vector()} bytes per vector resident "
         f"({ivf_bytes / gib:.2f} GiB); candidates re-ranked by their full vectors from disk",
     ))
+
+
+def _compressed(count: int, dim: int, nlist: int, reduced: int) -> tuple[str, ann.Structure]:
+    """The most precise compressed IVF index `count` vectors can train: 8-bit PQ codes (about 10,000 vectors needed),
+    else 4-bit ones (about 600), else 8-bit scalar quantization (no codebook to learn)."""
+    transform = f"PCAR{reduced}," if reduced < dim else ""
+    codes = min(PQ_BYTES, reduced)
+    for encoding in (f"PQ{codes}np", f"PQ{codes}x4np", "SQ8"):
+        factory = f"{transform}IVF{nlist},{encoding}"
+        structure = ann.describe(factory, dim)
+        if count >= structure.min_training:
+            return factory, structure
+    return factory, structure
 
 
 def held_out_rows(count: int, trained: np.ndarray, queries: int, seed: int = 1) -> tuple[np.ndarray, bool]:
@@ -199,8 +211,9 @@ def tune(
     `trained` are the rows the index was trained on (not used as queries).
     Given `params`, recall is measured with them and nothing is tuned.
     """
-    base = dict(requested=requested or structure.factory, k=RECALL_K, count=len(store),
-                trained_on=len(trained), reasons=reasons)
+    given = ann.SearchParams.parse(params).check(structure) if params is not None else None
+    base = dict(requested=requested or structure.factory, k=RECALL_K, count=len(store), trained_on=len(trained),
+                trained_at=len(store) if len(trained) else 0, reasons=reasons)
     k = max(0, min(RECALL_K, len(store) - 1))
     if structure.exact:  # recall 1 by construction; its latency is that of reading every vector
         rows, _ = held_out_rows(len(store), trained, TIMED_QUERIES)
@@ -212,8 +225,8 @@ def tune(
     _, truth = ann.exact_search(store, ids, vectors, k + 1, metric)
     truth = _without_own(truth, ids[rows], k)
     measure = _Measure(index, structure, vectors, ids[rows], truth, k, metric, exact)
-    if params is not None or target is None:
-        given = ann.SearchParams.parse(params).check(structure)
+    if given is not None or target is None:
+        given = given or ann.SearchParams()
         point = measure.point(given)
         return Tuning(params=str(given), recall=point.recall, target=None, queries=len(rows), held_out=held_out,
                       curve=(point,), **base)
@@ -312,9 +325,8 @@ def candidate_factories(count: int, dim: int) -> list[str]:
     factories = ["Flat", HNSW_FACTORY]
     if (nlist := ivf_lists(count)) >= 2:
         factories.append(f"IVF{nlist},Flat")
-        reduced = min(dim, PQ_DIM)
-        compressed = f"{f'PCAR{reduced},' if reduced < dim else ''}IVF{nlist},PQ{min(PQ_BYTES, reduced)}"
-        if count >= ann.describe(compressed, dim).min_training:
+        compressed, structure = _compressed(count, dim, nlist, min(dim, PQ_DIM))
+        if count >= structure.min_training:
             factories.append(compressed)
     return factories
 
