@@ -209,6 +209,7 @@ def train(index: faiss.Index, store: VectorStore, rows: np.ndarray, metric: str)
     target = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap) else index
     if not isinstance(target, faiss.IndexPreTransform):
         target.train(prepared(store.take(rows), metric))
+        drop_precomputed_tables(index)
         return
     first = rows[np.linspace(0, len(rows) - 1, min(len(rows), TRANSFORM_TRAINING_VECTORS)).astype(int)]
     sample = prepared(store.take(first), metric)
@@ -222,6 +223,22 @@ def train(index: faiss.Index, store: VectorStore, rows: np.ndarray, metric: str)
     inner.train(reduced)
     target.is_trained = True
     index.is_trained = True
+    drop_precomputed_tables(index)
+
+
+def drop_precomputed_tables(index: faiss.Index) -> faiss.Index:
+    """Free IVF-PQ's precomputed distance tables, and have FAISS not rebuild them; return `index`.
+
+    FAISS keeps nlist x M x 256 floats to speed up L2 search by residual: at
+    8,192 lists and 64-byte codes, 512 MiB, seven times the codes of a million
+    vectors. Without them a probed list costs one small table per query
+    instead, the same answers. Called after training and after reading.
+    """
+    ivf = ivf_of(index)
+    if ivf is not None and isinstance(ivf := faiss.downcast_index(ivf), faiss.IndexIVFPQ):
+        ivf.use_precomputed_table = -1
+        ivf.precomputed_table.resize(0)
+    return index
 
 
 def _apply_chain(index: faiss.IndexPreTransform, vectors: np.ndarray) -> np.ndarray:
@@ -358,13 +375,29 @@ def candidates(
     return distances, ids
 
 
+#: Candidates whose full vectors are read at once when many queries are re-ranked together: 32 MiB at 2048-d.
+RERANK_BLOCK = 4096
+
+
 def rerank(
     queries: np.ndarray, candidates: np.ndarray, exact: Callable[[np.ndarray], np.ndarray], metric: str, k: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """The `k` nearest of each query's `candidates` ids (-1: none) by exact distance, with those distances.
 
-    `queries` must be `prepared`; `exact` returns the full vectors of ids.
+    `queries` must be `prepared`; `exact` returns the full vectors of ids. Queries are taken a block at a time,
+    so that no more than RERANK_BLOCK candidates' vectors are in memory at once.
     """
+    step = max(1, RERANK_BLOCK // max(1, candidates.shape[1]))
+    parts = [_rerank_block(queries[start : start + step], candidates[start : start + step], exact, metric, k)
+             for start in range(0, len(queries), step)]
+    if not parts:
+        return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
+    return np.concatenate([part[0] for part in parts]), np.concatenate([part[1] for part in parts])
+
+
+def _rerank_block(
+    queries: np.ndarray, candidates: np.ndarray, exact: Callable[[np.ndarray], np.ndarray], metric: str, k: int
+) -> tuple[np.ndarray, np.ndarray]:
     found = candidates >= 0
     vectors = prepared(exact(candidates[found]), metric)
     rows = np.nonzero(found)[0]

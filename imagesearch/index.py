@@ -531,10 +531,10 @@ def _read_index(path: Path, mmap: bool) -> tuple[faiss.Index, bool]:
     if mmap:
         for flag in (faiss.IO_FLAG_MMAP_IFC, faiss.IO_FLAG_MMAP):  # flat codes (Flat, PQ); inverted lists (IVF)
             try:
-                return faiss.read_index(str(path), flag | faiss.IO_FLAG_READ_ONLY), True
+                return ann.drop_precomputed_tables(faiss.read_index(str(path), flag | faiss.IO_FLAG_READ_ONLY)), True
             except RuntimeError:
                 continue
-    return faiss.read_index(str(path)), False
+    return ann.drop_precomputed_tables(faiss.read_index(str(path))), False
 
 
 def _parse_search(metadata: dict, factory: str, dim: int) -> tuple[str, SearchParams, Tuning | None]:
