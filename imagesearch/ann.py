@@ -42,6 +42,9 @@ METRICS = {"l2": faiss.METRIC_L2, "cosine": faiss.METRIC_INNER_PRODUCT}
 #: FAISS warns below 39 training vectors per centroid (`ClusteringParameters.min_points_per_centroid`): fewer
 #: leave centroids poorly placed. We refuse below it, before any training.
 MIN_POINTS_PER_CENTROID = 39
+#: A PCA or OPQ in front is trained on at least this many vectors per dimension it keeps (FAISS needs one; a
+#: covariance estimated from barely more vectors than dimensions is mostly noise).
+POINTS_PER_REDUCED_DIM = 4
 #: Training samples hold up to this many vectors per centroid (FAISS' k-means subsamples to 256 anyway).
 TRAINING_POINTS_PER_CENTROID = 64
 #: A PCA or OPQ transform in front of an index is trained on at most this many vectors, a seeded sample.
@@ -69,6 +72,7 @@ class Structure:
     hnsw: bool = False
     compressed: bool = False  # stores codes, not the vectors: distances are approximate until re-ranked
     code_bytes: int = 0  # bytes per stored vector, without its id
+    reduced_dim: int = 0  # dimensions a trained transform in front (PCA, OPQ) keeps (0: none)
 
     @property
     def exact(self) -> bool:
@@ -82,7 +86,8 @@ class Structure:
 
     @property
     def min_training(self) -> int:
-        return MIN_POINTS_PER_CENTROID * self.centroids
+        """Vectors training needs: 39 per centroid, and a PCA or OPQ POINTS_PER_REDUCED_DIM per dimension it keeps."""
+        return max(MIN_POINTS_PER_CENTROID * self.centroids, POINTS_PER_REDUCED_DIM * self.reduced_dim)
 
     @property
     def can_remove(self) -> bool:
@@ -116,10 +121,12 @@ def describe(factory: str, dim: int, metric: str = "l2", count: int | None = Non
         ) from None
     structure = _structure(factory, index)
     if count is not None and not index.is_trained and count < structure.min_training:
+        learns = f"learns {structure.centroids} centroids" + (
+            f" and a {structure.reduced_dim}-d projection" if structure.reduced_dim else "")
         raise IndexSpecError(
-            f"{factory!r} learns {structure.centroids} centroids, which needs at least {structure.min_training} "
-            f"vectors ({MIN_POINTS_PER_CENTROID} per centroid) and the collection has {count}; "
-            f"try {suggest_factory(count, dim)!r}, or 'auto'"
+            f"{factory!r} {learns}, which needs at least {structure.min_training} vectors ({MIN_POINTS_PER_CENTROID} "
+            f"per centroid{', 4 per projected dimension' if structure.reduced_dim else ''}) and the collection has "
+            f"{count}; try {suggest_factory(count, dim)!r}, or 'auto'"
         )
     return structure
 
@@ -147,8 +154,10 @@ def _structure(factory: str, index: faiss.Index) -> Structure:
     storage = faiss.downcast_index(inner.storage) if hnsw else (ivf if ivf is not None else inner)
     code_bytes = getattr(storage, "code_size", 4 * index.d)
     full = 4 * index.d
-    compressed = isinstance(index, faiss.IndexPreTransform) or code_bytes < full
-    return Structure(factory, index.d, nlist, pq_centroids, hnsw, compressed, int(code_bytes))
+    transform = isinstance(index, faiss.IndexPreTransform)
+    compressed = transform or code_bytes < full
+    reduced = inner.d if transform else 0
+    return Structure(factory, index.d, nlist, pq_centroids, hnsw, compressed, int(code_bytes), reduced)
 
 
 def ivf_of(index: faiss.Index) -> faiss.IndexIVF | None:

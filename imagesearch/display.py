@@ -17,6 +17,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib import ticker
 from matplotlib.figure import Figure
 from PIL import Image
 
@@ -128,12 +129,15 @@ def plot_recall_speed(
         label = f"{candidate.factory} ({candidate.bytes_per_vector} B/vector)"
         is_chosen = candidate.factory == chosen
         axis.plot([point.ms_per_query for point in curve], [point.recall for point in curve], marker="o",
-                  linewidth=3 if is_chosen else 1.2, label=label + (": chosen" if is_chosen else ""))
+                  linewidth=3 if is_chosen else 1.2, markersize=10 if is_chosen else 5,
+                  label=label + (": chosen" if is_chosen else ""))
     if target is not None:
         axis.axhline(target, color="grey", linestyle="--", linewidth=1)
         axis.annotate(f"target {target:.2f}", (0, target), xycoords=("axes fraction", "data"), va="bottom",
                       fontsize=8, color="grey")
     axis.set_xscale("log")
+    axis.xaxis.set_major_formatter(ticker.FormatStrFormatter("%.3g"))  # "0.03", not "3 x 10^-2"
+    axis.xaxis.set_minor_formatter(ticker.FormatStrFormatter("%.3g"))
     axis.set_xlabel("milliseconds per query (one query at a time, one thread)")
     axis.set_ylabel("recall@10 against exact search")
     axis.set_ylim(top=1.02)
