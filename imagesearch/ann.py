@@ -35,7 +35,7 @@ import faiss
 import numpy as np
 
 from .errors import UserFacingError
-from .vectors import VectorStore
+from .vectors import CHUNK_ROWS, VectorStore
 
 METRICS = {"l2": faiss.METRIC_L2, "cosine": faiss.METRIC_INNER_PRODUCT}
 
@@ -263,11 +263,11 @@ def _read(store: VectorStore, rows: np.ndarray, metric: str, chunk: int = 8192) 
 
 def add(index: faiss.Index, store: VectorStore, ids: np.ndarray, metric: str, progress: bool = False) -> None:
     """Add the vectors of `store` under `ids`, a chunk at a time: they are never all in memory."""
-    chunks = store.chunks(8192)
-    if progress and len(store) > 8192:
+    chunks = store.chunks()
+    if progress and len(store) > 10 * CHUNK_ROWS:
         from tqdm.auto import tqdm
 
-        chunks = tqdm(chunks, total=-(-len(store) // 8192), desc="adding to the index", unit="chunk")
+        chunks = tqdm(chunks, total=-(-len(store) // CHUNK_ROWS), desc="adding to the index", unit="chunk")
     for start, vectors in chunks:
         index.add_with_ids(prepared(vectors, metric), ids[start : start + len(vectors)])
 

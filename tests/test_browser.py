@@ -70,7 +70,9 @@ FACTS = {
         "images embedded by the model: 0",
     ],
     NOTEBOOK_02: [
-        "Flat index: 112 vectors of 2048 dimensions, trained: True",
+        "Flat index (l2): 112 vectors of 2048 dimensions",
+        "candidates: Flat, HNSW32, IVF2,Flat",
+        "chosen: Flat",
         "itself first (or tied with an identical twin): yes",
         "distance to itself about 0: yes",
         "5 neighbours of astronaut__blur.jpg; itself among them: False",

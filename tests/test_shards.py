@@ -226,8 +226,14 @@ def test_an_index_built_a_chunk_at_a_time_answers_as_one_built_from_the_whole_ma
     monkeypatch.setattr(vectors, "CHUNK_ROWS", 7)
     added = []
     saved = save_embeddings(embeddings, tmp_path)
-    real_take = VectorStore.take
-    monkeypatch.setattr(VectorStore, "take", lambda self, rows: added.append(len(rows)) or real_take(self, rows))
+    real_chunks = VectorStore.chunks
+
+    def chunks(self, rows=None):
+        for start, block in real_chunks(self, rows):
+            added.append(len(block))
+            yield start, block
+
+    monkeypatch.setattr(VectorStore, "chunks", chunks)
     chunked = build_index(saved, "Flat")
     assert max(added) == 7 and sum(added) == 50
     queries = rng.standard_normal((5, DIM)).astype(np.float32)
