@@ -5,7 +5,8 @@ it was built, and retrains once the collection reaches `index.RETRAIN_GROWTH` ti
 at. This script measured the growth that rule uses (2: at 4x, queries took 2.4x a retrained index's time).
 Growth changes two things at fixed parameters: the inverted lists get longer (nprobe lists now hold g times
 the vectors: slower), and the compressed codes must tell apart more neighbours (a shortlist of k x k_factor
-holds fewer of the true ones: lower recall). A fresh index at the larger size has more lists and parameters tuned for it.
+holds fewer of the true ones: lower recall). A fresh index at the larger size has more lists and parameters
+tuned for it.
 
 For a base of N0 vectors (2048-d, `benchmarks/synthetic.py`: near-duplicate photos of things in Zipf-sized
 classes, the structure of real embeddings; written once into --cache) and each growth g in --growth:

@@ -305,11 +305,17 @@ def build_index(
     trained = (ann.training_rows(count, structure, keep_out=tuning.TUNING_QUERIES) if not index.is_trained
                else np.zeros(0, np.int64))
     ann.train(index, embeddings.store, trained, metric)
-    ann.add(index, embeddings.store, embeddings.ids, metric, progress)
+    # Tuned on vectors it does not hold yet, searched as outside photos are; added once it is tuned.
+    store, ids = embeddings.store, embeddings.ids
+    outside = tuning.query_rows(count, trained)
+    inside = np.setdiff1d(np.arange(count), outside, assume_unique=True)
+    ann.add(index, store.subset(inside), ids[inside], metric, progress)
     changes = IndexChanges(added=count, removed=len(previous) if previous else 0, rebuilt=True)
     search_index = SearchIndex(index, changes=changes, **kind)
-    measured = tuning.tune(index, structure, embeddings.store, embeddings.ids, metric, search_index.vectors_of,
-                           trained, target=target_recall, params=params, requested=factory, reasons=choice.reasons)
+    measured = tuning.tune(index, structure, store, ids, metric, search_index.vectors_of, trained,
+                           target=target_recall, params=params, requested=factory, reasons=choice.reasons,
+                           outside=outside)
+    ann.add(index, store.subset(outside), ids[outside], metric)
     search_index.params, search_index.tuning = SearchParams.parse(measured.params), measured
     return search_index
 

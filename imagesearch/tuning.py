@@ -182,6 +182,12 @@ def _compressed(count: int, dim: int, nlist: int, reduced: int) -> tuple[str, an
     return factory, structure
 
 
+def query_rows(count: int, trained: np.ndarray, seed: int = 1) -> np.ndarray:
+    """The rows to hold out of a new index while it is tuned (`tune(outside=)`): TUNING_QUERIES rows not trained
+    on where there are, and never more than a quarter of the collection."""
+    return held_out_rows(count, trained, min(TUNING_QUERIES, count // 4), seed)[0]
+
+
 def held_out_rows(count: int, trained: np.ndarray, queries: int, seed: int = 1) -> tuple[np.ndarray, bool]:
     """Up to `queries` rows not among `trained` (sorted), seeded; all rows are eligible where none is left out."""
     free = np.setdiff1d(np.arange(count), trained, assume_unique=True)
@@ -204,27 +210,39 @@ def tune(
     requested: str = "",
     reasons: tuple[str, ...] = (),
     queries: int = TUNING_QUERIES,
+    outside: np.ndarray | None = None,
 ) -> Tuning:
     """Measure `index`'s recall@10 on held-out vectors; with `target` (and no `params`), pick the settings that reach it
     at the lowest measured latency.
 
     `trained` are the rows the index was trained on (not used as queries).
-    Given `params`, recall is measured with them and nothing is tuned.
+    `outside` are rows of `store` the index does not hold yet (`query_rows`):
+    they are the queries, searched for as outside photos are, among the rest.
+    Without it, queries are drawn from vectors the index holds, each left out
+    of its own answers: an HNSW graph finds a vector it holds more easily than
+    an outside one, so that overstates HNSW's recall. Given `params`, recall
+    is measured with them and nothing is tuned.
     """
     given = ann.SearchParams.parse(params).check(structure) if params is not None else None
     base = dict(requested=requested or structure.factory, k=RECALL_K, count=len(store), trained_on=len(trained),
                 trained_at=len(store) if len(trained) else 0, reasons=reasons)
     k = max(0, min(RECALL_K, len(store) - 1))
     if structure.exact:  # recall 1 by construction; its latency is that of reading every vector
-        rows, _ = held_out_rows(len(store), trained, TIMED_QUERIES)
+        rows = outside[:TIMED_QUERIES] if outside is not None else held_out_rows(len(store), trained, TIMED_QUERIES)[0]
         scan = _Measure(index, structure, ann.prepared(store.take(rows), metric), ids[rows], None, k, metric, exact)
         point = Point("", 1.0, round(scan.latency(ann.SearchParams()), 3))
         return Tuning(params="", recall=1.0, target=None, queries=0, held_out=False, curve=(point,), **base)
-    rows, held_out = held_out_rows(len(store), trained, queries)
+    if outside is not None:
+        rows, held_out = outside, not np.isin(outside, trained).any()
+        rest = np.setdiff1d(np.arange(len(store)), rows, assume_unique=True)
+        base_store, base_ids = store.subset(rest), ids[rest]
+    else:
+        rows, held_out = held_out_rows(len(store), trained, queries)
+        base_store, base_ids = store, ids
     vectors = ann.prepared(store.take(rows), metric)
-    _, truth = ann.exact_search(store, ids, vectors, k + 1, metric)
+    _, truth = ann.exact_search(base_store, base_ids, vectors, k + 1, metric)
     truth = _without_own(truth, ids[rows], k)
-    measure = _Measure(index, structure, vectors, ids[rows], truth, k, metric, exact)
+    measure = _Measure(index, structure, vectors, ids[rows], truth, k, metric, exact, 0 if outside is not None else 1)
     if given is not None or target is None:
         given = given or ann.SearchParams()
         point = measure.point(given)
@@ -258,6 +276,7 @@ class _Measure:
     k: int
     metric: str
     exact: Callable[[np.ndarray], np.ndarray] | None
+    extra: int = 1  # answers asked beyond k: 1 where each query's own vector is in the index (and dropped), else 0
 
     @property
     def reranks(self) -> bool:
@@ -265,10 +284,10 @@ class _Measure:
 
     def found(self, params: ann.SearchParams, queries: np.ndarray | None = None) -> np.ndarray:
         queries = self.queries if queries is None else queries
-        wanted = (self.k + 1) * (params.get(ann.RERANK_PARAMETER, 1) if self.reranks else 1)
+        wanted = (self.k + self.extra) * (params.get(ann.RERANK_PARAMETER, 1) if self.reranks else 1)
         _, ids = ann.candidates(self.index, queries, wanted, self.metric, params)
         if self.reranks:
-            _, ids = ann.rerank(queries, ids, self.exact, self.metric, self.k + 1)
+            _, ids = ann.rerank(queries, ids, self.exact, self.metric, self.k + self.extra)
         return ids
 
     def point(self, params: ann.SearchParams) -> Point:
@@ -348,9 +367,12 @@ def compare(
         trained = (ann.training_rows(len(store), structure, keep_out=TUNING_QUERIES) if not index.is_trained
                    else np.zeros(0, np.int64))
         ann.train(index, store, trained, metric)
-        ann.add(index, store, ids, metric)
+        outside = query_rows(len(store), trained)
+        inside = np.setdiff1d(np.arange(len(store)), outside, assume_unique=True)
+        ann.add(index, store.subset(inside), ids[inside], metric)
         seconds = time.perf_counter() - start
-        measured = tune(index, structure, store, ids, metric, exact, trained, target=target, requested=factory)
+        measured = tune(index, structure, store, ids, metric, exact, trained, target=target, requested=factory,
+                        outside=outside)
         results.append(Candidate(factory, round(seconds, 3), structure.bytes_per_vector(), measured))
     return results
 
