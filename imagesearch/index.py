@@ -36,6 +36,7 @@ returns None, and the update rebuilds it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
 import warnings
@@ -143,8 +144,10 @@ class SearchIndex:
     def __len__(self) -> int:
         return self.index.ntotal
 
-    @property
+    @functools.cached_property
     def structure(self) -> ann.Structure:
+        """What the factory builds; read once (describing it builds an empty FAISS index: 0.5 to 1.7 ms, as much
+        as a whole approximate search)."""
         return ann.describe(self.factory, self.index.d, self.metric)
 
     @property
