@@ -4,9 +4,10 @@
 and a memory budget:
 
 1. **Exact search** ("Flat") while it is fast enough: a query reads every
-   vector, and up to EXACT_MAX_FLOATS floats (32,768 vectors of 2048-d, about
-   15 ms a query on one core of our machines) that is quick enough to need
-   no approximation, and no recall below 1.
+   vector, and up to EXACT_MAX_FLOATS floats (32,768 vectors of 2048-d:
+   under 10 ms a query on one core here, where `benchmarks/ann_scale.py`
+   measured 26 ms at 100,000) that is quick enough to need no approximation,
+   and no recall below 1.
 2. **HNSW** ("HNSW32") where its graph and full vectors fit the budget: the
    fastest search for its recall, but it holds every vector in memory and
    cannot remove one (an update that removes images rebuilds it).
