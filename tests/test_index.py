@@ -14,8 +14,9 @@ from imagesearch.ann import describe, training_rows
 from imagesearch.collection import load_embeddings, save_embeddings
 from imagesearch.evaluate import self_check
 from imagesearch.images import ImageLoadError
-from imagesearch.index import METADATA_FILE, _faiss_threads, build_index, load_index, save_index
+from imagesearch.index import METADATA_FILE, build_index, load_index, save_index
 from imagesearch.query import EmbedderMismatchError, check_compatible, search_image, search_indexed
+from imagesearch.search_index import _faiss_threads
 from imagesearch.storage import ArtifactError, DamagedStateError
 
 

@@ -1,0 +1,209 @@
+"""A FAISS index whose vectors are stored under image ids, the records that say which image each id is, and search.
+
+`SearchIndex` is what `index.build_index` builds and `index_files.load_index`
+opens: searching it returns image ids, or `Hit`s with paths and distances.
+An approximate index is searched with its saved parameters unless a call
+gives others; a compressed one re-ranks its candidates by their full vectors,
+read from the collection's shards (`ann.search`).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from . import ann
+from .ann import SearchParams
+from .embedders import EmbedderInfo
+from .manifest import Commit
+from .records import Records
+from .tuning import Tuning
+from .vectors import RowReader, VectorStore
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result. `distance` is smaller for nearer images: the squared L2 distance (0 for an identical
+    vector), or for a cosine index 1 - cosine similarity."""
+
+    rank: int
+    path: str
+    distance: float
+
+
+@dataclass(frozen=True)
+class IndexChanges:
+    """What building or updating an index did."""
+
+    added: int = 0
+    removed: int = 0
+    rebuilt: bool = True  # False: updated in place
+
+    def summary(self) -> str:
+        how = "built from scratch" if self.rebuilt else "updated in place"
+        return f"{how}: {self.added} vectors added, {self.removed} removed"
+
+
+@dataclass(frozen=True)
+class CollectionVersion:
+    """The saved version of a collection an index was built from."""
+
+    directory: Path
+    collection: str
+    version: int
+    commit: str
+
+    @classmethod
+    def of(cls, commit: Commit) -> CollectionVersion:
+        return cls(commit.directory, commit.collection, commit.version, commit.token)
+
+
+@dataclass
+class SearchIndex:
+    """A FAISS index whose vectors are stored under image ids, and the records that say which image each id is.
+
+    `records` are the collection's (sorted by path) and `store` its vectors,
+    row for row (None for an index of format 3, which holds its own);
+    `collection` is the saved version they are, or None where the index was
+    built from embeddings that are not saved (it cannot be saved then: save
+    the embeddings first). `params` are the search parameters every search
+    uses unless told otherwise; `tuning` says how they were chosen and what
+    recall they reach.
+    """
+
+    index: faiss.Index
+    records: Records
+    embedder: EmbedderInfo
+    factory: str
+    image_root: str
+    collection: CollectionVersion | None = None
+    changes: IndexChanges = field(default_factory=IndexChanges)
+    metric: str = "l2"
+    params: SearchParams = field(default_factory=SearchParams)
+    tuning: Tuning | None = None
+    store: VectorStore | None = None
+    read_only: bool = False  # memory-mapped: searched, never updated
+    _reader: RowReader | None = field(default=None, repr=False)
+
+    def __len__(self) -> int:
+        return self.index.ntotal
+
+    @functools.cached_property
+    def structure(self) -> ann.Structure:
+        """What the factory builds; read once (describing it builds an empty FAISS index: 0.5 to 1.7 ms, as much
+        as a whole approximate search)."""
+        return ann.describe(self.factory, self.index.d, self.metric)
+
+    @property
+    def ids(self) -> np.ndarray:
+        return self.records.ids
+
+    @property
+    def paths(self) -> list[str]:
+        """Every indexed path, sorted: a list, for small collections (look-ups go through `id_of`)."""
+        return self.records.paths
+
+    def id_of(self, path: str) -> int:
+        """Return the id of an indexed image, by its path relative to the image root."""
+        row = self.records.row_of_path(path)
+        if row < 0:
+            raise KeyError(f"{path!r} is not in the index; pick one of its {len(self.records)} paths")
+        return int(self.records.ids[row])
+
+    def path_of(self, image_id: int) -> str:
+        row = int(self.records.rows_of_ids([image_id])[0])
+        if row < 0:
+            raise KeyError(f"no image has id {image_id} in the index")
+        return self.records.path_array[row].as_py()
+
+    def vector(self, path: str) -> np.ndarray:
+        """Return the stored embedding of an indexed image (as embedded, whatever the index keeps)."""
+        return self.vectors_of(np.array([self.id_of(path)]))[0]
+
+    def vectors(self) -> np.ndarray:
+        """Return every stored embedding, in `paths` order."""
+        return self.store.to_array() if self.store is not None else self.index.reconstruct_batch(self.ids)
+
+    def vectors_of(self, ids: np.ndarray) -> np.ndarray:
+        """The embeddings of images by id, read from the collection (a few rows: this is what re-ranking reads)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if self.store is None:
+            return self.index.reconstruct_batch(ids)
+        rows = self.records.rows_of_ids(ids)
+        if np.any(rows < 0):
+            raise KeyError(f"no image has id {int(ids[rows < 0][0])} in the index")
+        if self._reader is None:
+            self._reader = self.store.reader()
+        return self._reader.take(rows)
+
+    def search_ids(
+        self, queries: np.ndarray, k: int, params: str | SearchParams | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(distances, ids) of each query's `k` nearest images, nearest first; id -1 where there are fewer.
+
+        `params` ("nprobe=64,k_factor=16") override the saved ones for this call only.
+        """
+        queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+        if queries.shape[1] != self.index.d:
+            raise ValueError(
+                f"query vectors are {queries.shape[1]}-d but the index holds {self.index.d}-d "
+                f"vectors from {self.embedder}; embed queries with the same embedder"
+            )
+        structure = self.structure
+        settings = self.params.merged(params).check(structure)
+        exact = self.vectors_of if self.store is not None else None
+        with _faiss_threads(1 if len(queries) == 1 else None):
+            return ann.search(self.index, queries, min(k, len(self)), self.metric, settings, exact,
+                              structure.compressed)
+
+    def search(self, queries: np.ndarray, k: int, params: str | SearchParams | None = None) -> list[list[Hit]]:
+        """Return, for each query vector, its `k` nearest indexed images, nearest first."""
+        distances, ids = self.search_ids(queries, k, params)
+        rows = self.records.rows_of_ids(ids.ravel()).reshape(ids.shape)  # FAISS pads with id -1: row -1
+        paths = self.records.path_array
+        results = []
+        for query_distances, query_rows in zip(distances, rows):
+            found = [(distance, int(row)) for distance, row in zip(query_distances, query_rows) if row >= 0]
+            results.append([Hit(rank, paths[row].as_py(), float(dist)) for rank, (dist, row) in enumerate(found)])
+        return results
+
+@contextmanager
+def _faiss_threads(count: int | None) -> Iterator[None]:
+    """Run FAISS on `count` OpenMP threads inside the block (None: leave the setting alone).
+
+    One query is searched on one thread: a single exact search streams the
+    whole index through memory once, and splitting it between threads made it
+    about twice as slow here (26 against 56 ms at 100,000 vectors, measured
+    by `benchmarks/query_latency.py`). Batches keep one thread per core. The
+    setting is OpenMP's per-thread one, so concurrent searches from other
+    threads (a web service's workers, say) are not affected, and it is
+    restored on the way out.
+    """
+    if count is None:
+        yield
+        return
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(count)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
+
+
+def held_ids(index: faiss.Index) -> np.ndarray:
+    """The ids of every vector `index` holds, sorted (read from FAISS' own id map or inverted lists)."""
+    if isinstance(index, faiss.IndexIDMap):  # IndexIDMap2 is one
+        return np.sort(faiss.vector_to_array(index.id_map))
+    ivf = ann.ivf_of(index)
+    if ivf is None:
+        raise ValueError(f"{type(index).__name__} does not store ids")
+    lists = ivf.invlists
+    parts = [faiss.rev_swig_ptr(lists.get_ids(number), lists.list_size(number)).copy()
+             for number in range(ivf.nlist) if lists.list_size(number)]
+    return np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
