@@ -140,7 +140,7 @@ def faiss_write_index_fills_disk(monkeypatch, fired: list) -> None:
         fired.append(path)
         raise RuntimeError(f"Error in faiss::FileIOWriter: fwrite failed: {DISK_FULL}")  # as FAISS reports it
 
-    monkeypatch.setattr("imagesearch.index.faiss.write_index", write_half)
+    monkeypatch.setattr("imagesearch.index_files.faiss.write_index", write_half)
 
 
 def json_write_fills_disk(monkeypatch, fired: list) -> None:
@@ -195,7 +195,7 @@ def test_interruption_before_the_metadata_commit_keeps_the_previous_data_and_nex
 
     prepared = prepare(state_b, saved_a, what)
     with monkeypatch.context() as patch:
-        patch.setattr(f"imagesearch.{'collection' if what == 'embeddings' else 'index'}.write_json", interrupted)
+        patch.setattr(f"imagesearch.{'collection' if what == 'embeddings' else 'index_files'}.write_json", interrupted)
         with pytest.raises(OSError, match="interrupted before the commit"):
             commit(prepared, saved_a, what)
 
