@@ -23,8 +23,9 @@ so that its peak memory is its own:
 - **open s**: `load_index(mmap=True)`, the index and the collection, just after they were written.
 
 The candidates: exact Flat; IVF-Flat with `tuning.ivf_lists(N)` lists; HNSW32; IVF-PQ re-ranked from disk
-with PCA, OPQ or nothing in front and 64-byte codes, and with 32-byte codes; and `auto` under
---memory-budget. Targets at 1,000,000 vectors (the issue's), checked on the largest size of the run:
+with PCA, OPQ or nothing in front and 64-byte codes of 8-bit residual PQ, and with 32-byte codes; and `auto`
+under --memory-budget (which, where HNSW does not fit, is PCA to 256-d, IVF and 64-byte fast-scan PQ codes:
+`PQ128x4fs`). Targets at 1,000,000 vectors (the issue's), checked on the largest size of the run:
 recall@10 >= 0.95 at >= 100x Flat's single-query speed; a compressed index of <= 128 B/vector at
 recall@10 >= 0.95 and >= 50x; `auto` meeting its target (recall and memory budget) within 10% of the
 fastest candidate that does; every IVF-PQ index built in under half the raw vectors' memory; every

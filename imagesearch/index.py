@@ -145,7 +145,7 @@ def _update(
     if len(stale) and not previous.structure.can_remove:
         return None
     if len(stale):
-        previous.index.remove_ids(stale.astype(np.int64))
+        ann.remove(previous.index, stale)
     ann.add(previous.index, embeddings.store.subset(new_rows), ids[new_rows], metric)
     changes = IndexChanges(added=len(new_rows), removed=len(stale), rebuilt=False)
     return SearchIndex(previous.index, changes=changes, params=previous.params, tuning=measured, **kind)

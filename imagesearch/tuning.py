@@ -14,8 +14,12 @@ and a memory budget:
 3. **IVF-PQ re-ranked from disk** otherwise: vectors reduced by PCA (with a
    random rotation, which spreads variance evenly over PQ's sub-spaces) to
    256-d, nlist inverted lists in FAISS' recommended 4·√N to 16·√N, and
-   64-byte codes; a query's candidates are re-ranked by their full vectors,
-   read from the collection's shards. 72 bytes per vector resident.
+   64-byte codes of 128 4-bit sub-quantizers, scanned with SIMD ("fast scan",
+   `PQ128x4fs`: one 128 x 16 lookup table per query, held in registers). A
+   query's candidates are re-ranked by their full vectors, read from the
+   collection's shards. 72 bytes per vector resident. 8-bit PQ of the same
+   64 bytes (`PQ64`) computes a 64 x 256 table for every list a query visits,
+   and was slower at the same recall (`benchmarks/ann_scale.py` measures both).
 
 `tune` then measures recall@k against exact search on held-out vectors of
 the collection (vectors not in the training sample; each query's own vector
@@ -49,7 +53,7 @@ TIMED_QUERIES = 50
 #: Exact search while a query reads at most this many floats.
 EXACT_MAX_FLOATS = 2**26
 HNSW_FACTORY = "HNSW32"
-#: IVF-PQ: vectors reduced to this many dimensions, and this many bytes per code.
+#: IVF-PQ: vectors reduced to this many dimensions, and this many bytes per code (two 4-bit sub-quantizers a byte).
 PQ_DIM, PQ_BYTES = 256, 64
 NPROBES = tuple(2**p for p in range(15))
 EF_SEARCHES = (16, 32, 64, 128, 256, 512, 1024)
@@ -171,11 +175,11 @@ def choose(count: int, dim: int, memory_budget: int = DEFAULT_MEMORY_BUDGET) -> 
 
 
 def _compressed(count: int, dim: int, nlist: int, reduced: int) -> tuple[str, ann.Structure]:
-    """The most precise compressed IVF index `count` vectors can train: 8-bit PQ codes (about 10,000 vectors needed),
-    else 4-bit ones (about 600), else 8-bit scalar quantization (no codebook to learn)."""
+    """The compressed IVF index `count` vectors can train: fast-scan 4-bit PQ (16 centroids per sub-quantizer: 624
+    vectors train it), else 8-bit scalar quantization (no codebook to learn)."""
     transform = f"PCAR{reduced}," if reduced < dim else ""
-    codes = min(PQ_BYTES, reduced)
-    for encoding in (f"PQ{codes}np", f"PQ{codes}x4np", "SQ8"):
+    quantizers = min(2 * PQ_BYTES, reduced)  # at least one dimension each
+    for encoding in (f"PQ{quantizers}x4fs", "SQ8"):
         factory = f"{transform}IVF{nlist},{encoding}"
         structure = ann.describe(factory, dim)
         if count >= structure.min_training:

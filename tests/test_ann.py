@@ -37,14 +37,16 @@ from imagesearch.records import ImageRecord, Records
 from imagesearch.vectors import VectorStore
 
 DIM, COUNT, K = 32, 2000, 10
-IVF_FLAT, IVF_PQ, HNSW = "IVF16,Flat", "IVF16,PQ8x4", "HNSW16"
+IVF_FLAT, IVF_PQ, FAST_SCAN, HNSW = "IVF16,Flat", "IVF16,PQ8x4", "PCAR16,IVF16,PQ16x4fs", "HNSW16"
 NLIST = 16
 FACTORIES = [pytest.param("Flat", id="Flat"), pytest.param(IVF_FLAT, id="IVF-Flat"),
-             pytest.param(IVF_PQ, id="IVF-PQ"), pytest.param(HNSW, id="HNSW")]
+             pytest.param(IVF_PQ, id="IVF-PQ"), pytest.param(FAST_SCAN, id="PCA-IVF-PQ-fast-scan"),
+             pytest.param(HNSW, id="HNSW")]
 APPROXIMATE = FACTORIES[1:]
 METRICS = ["l2", "cosine"]
 #: Search parameters given (not tuned) where a test is about something else than tuning: the most effort.
-FULL_EFFORT = {"Flat": None, IVF_FLAT: f"nprobe={NLIST}", IVF_PQ: f"k_factor=8,nprobe={NLIST}", HNSW: "efSearch=128"}
+FULL_EFFORT = {"Flat": None, IVF_FLAT: f"nprobe={NLIST}", IVF_PQ: f"k_factor=8,nprobe={NLIST}",
+               FAST_SCAN: f"k_factor=8,nprobe={NLIST}", HNSW: "efSearch=128"}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -464,9 +466,9 @@ def test_given_search_params_are_measured_saved_and_loaded_again(tmp_path, colle
         (32_768, 2048, "4GB", r"Flat", "exact search"),  # EXACT_MAX_FLOATS exactly
         (32_769, 2048, "4GB", r"HNSW32", "HNSW: its graph and full vectors"),
         (100_000, 2048, "4GB", r"HNSW32", "HNSW: its graph and full vectors"),
-        (1_000_000, 2048, "2GB", r"PCAR256,IVF(\d+),PQ64np", "compressed IVF"),
-        (10_000_000, 256, "2GB", r"IVF(\d+),PQ64np", "compressed IVF"),
-        (2_000_000, 128, "200MB", r"IVF(\d+),PQ64np", "compressed IVF"),
+        (1_000_000, 2048, "2GB", r"PCAR256,IVF(\d+),PQ128x4fs", "compressed IVF"),
+        (10_000_000, 256, "2GB", r"IVF(\d+),PQ128x4fs", "compressed IVF"),
+        (2_000_000, 128, "200MB", r"IVF(\d+),PQ128x4fs", "compressed IVF"),
     ],
 )
 def test_auto_chooses_exact_search_then_hnsw_then_ivf_pq_as_size_and_budget_require(count, dim, budget, factory,
@@ -516,12 +518,12 @@ def test_auto_with_a_tight_memory_budget_builds_a_compressed_index_and_says_whet
     monkeypatch,
 ):
     monkeypatch.setattr(tuning, "EXACT_MAX_FLOATS", 0)  # exact search is "too slow" for any collection
-    monkeypatch.setattr(tuning, "PQ_BYTES", 1)  # one-byte codes train fastest; 8-bit PQ needs 39 x 256 vectors
+    monkeypatch.setattr(tuning, "PQ_BYTES", 1)  # one-byte codes (two 4-bit sub-quantizers): the fastest to train
     count, dim, budget = 10_000, 16, 2**20
     vectors = clustered(count, seed=5, dim=dim)
     search_index = build_index(unsaved(vectors), "auto", memory_budget="1MB")
     structure = search_index.structure
-    assert re.fullmatch(r"IVF\d+,PQ1np", search_index.factory) and structure.compressed
+    assert re.fullmatch(r"IVF\d+,PQ2x4fs", search_index.factory) and structure.compressed
     assert count * structure.bytes_per_vector() <= budget < count * ann.describe("HNSW32", dim).bytes_per_vector()
     measured = search_index.tuning
     assert measured.requested == "auto" and measured.target == tuning.DEFAULT_TARGET_RECALL
