@@ -19,6 +19,7 @@ This module is the index's public face: what it is (`SearchIndex`, in
 from __future__ import annotations
 
 import dataclasses
+import sys
 
 import numpy as np
 
@@ -104,6 +105,9 @@ def build_index(
     index = ann.new_index(choice.factory, dim, metric)
     trained = (ann.training_rows(count, structure, keep_out=tuning.TUNING_QUERIES) if not index.is_trained
                else np.zeros(0, np.int64))
+    if len(trained):
+        _say(progress, f"training {choice.factory} on {len(trained):,} of the {count:,} vectors "
+                       "(k-means: minutes at a million)")
     ann.train(index, embeddings.store, trained, metric)
     # Tuned on vectors it does not hold yet, searched as outside photos are; added once it is tuned.
     store, ids = embeddings.store, embeddings.ids
@@ -112,12 +116,21 @@ def build_index(
     ann.add(index, store.subset(inside), ids[inside], metric, progress)
     changes = IndexChanges(added=count, removed=len(previous) if previous else 0, rebuilt=True)
     search_index = SearchIndex(index, changes=changes, **kind)
+    if not structure.exact:
+        _say(progress, f"tuning the search parameters to recall@{tuning.RECALL_K} {target_recall} on "
+                       f"{len(outside):,} held-out vectors")
     measured = tuning.tune(index, structure, store, ids, metric, search_index.vectors_of, trained,
                            target=target_recall, params=params, requested=factory, reasons=choice.reasons,
                            outside=outside)
     ann.add(index, store.subset(outside), ids[outside], metric)
     search_index.params, search_index.tuning = SearchParams.parse(measured.params), measured
     return search_index
+
+
+def _say(progress: bool, text: str) -> None:
+    """Tell the user, on stderr beside the progress bars, which step of a long build is running."""
+    if progress:
+        print(f"{text} ...", file=sys.stderr, flush=True)
 
 
 def _update(

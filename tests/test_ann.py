@@ -591,6 +591,13 @@ def run_index(repo_root, artifacts, *args: str) -> subprocess.CompletedProcess:
                           cwd=repo_root, capture_output=True, text=True, timeout=300)
 
 
+def test_index_command_says_which_step_of_an_approximate_build_is_running(repo_root, artifacts):
+    result = run_index(repo_root, artifacts, "--factory", IVF_FLAT)
+    assert result.returncode == 0, result.stderr
+    steps = [line for line in result.stderr.splitlines() if line.endswith(" ...")]
+    assert steps[0].startswith(f"training {IVF_FLAT} on ") and steps[1].startswith("tuning the search parameters")
+
+
 @pytest.mark.parametrize(
     ("args", "said"),
     [
