@@ -3,27 +3,16 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
+
+from benchmark_runs import run_benchmark, table_cells
 
 #: The smoke run's candidates at 3,000 vectors (64 IVF lists), and what `auto` picks there: exact search.
 INDEXES = ["Flat", "IVF64,Flat", "HNSW32", "PCAR32,IVF64,PQ16x4", "IVF64,PQ8x4", r"auto \(Flat\)"]
 FIGURE = r"\d+\.\d+|\d+"
 
 
-def table_cells(lines: list[str], index: str) -> list[str]:
-    """The cells of the markdown table row of `index`."""
-    (row,) = [line for line in lines if re.match(rf"\|\s*{index}\s*\|", line)]
-    return [cell.strip() for cell in row.strip("|").split("|")]
-
-
 def test_ann_smoke_run_measures_every_index_and_ends_with_a_summary(repo_root):
-    result = subprocess.run(
-        [sys.executable, "benchmarks/ann_scale.py", "--smoke"],
-        cwd=repo_root, capture_output=True, text=True, timeout=600,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    lines = result.stdout.splitlines()
+    lines = run_benchmark(repo_root, "ann_scale.py", "--smoke", timeout=600)
     assert any(line.startswith("machine: ") for line in lines)
     assert any(line.startswith("| index ") for line in lines)
     for index in INDEXES:

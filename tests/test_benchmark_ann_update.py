@@ -3,25 +3,14 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
+
+from benchmark_runs import run_benchmark, table_cells
 
 FIGURE = r"\d+\.\d{3}"
 
 
-def table_cells(lines: list[str], growth: str) -> list[str]:
-    """The cells of the markdown table row of `growth` ("1x", "2x")."""
-    (row,) = [line for line in lines if re.match(rf"\|\s*{growth}\s*\|", line)]
-    return [cell.strip() for cell in row.strip("|").split("|")]
-
-
 def test_ann_update_smoke_run_grows_removes_and_ends_with_a_rule(repo_root):
-    result = subprocess.run(
-        [sys.executable, "benchmarks/ann_update.py", "--smoke"],
-        cwd=repo_root, capture_output=True, text=True, timeout=600,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    lines = result.stdout.splitlines()
+    lines = run_benchmark(repo_root, "ann_update.py", "--smoke", timeout=600)
     assert any(line.startswith("machine: ") for line in lines)
     assert any(line.startswith("code: commit ") for line in lines)
     assert any(line.startswith("| growth | vectors | in-place recall@10 |") for line in lines)

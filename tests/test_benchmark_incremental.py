@@ -3,26 +3,15 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
+
+from benchmark_runs import run_benchmark, table_cells
 
 RUNS = ["full rebuild", r"remove 1% \(setup\)", "add 1%", "no change"]
 
 
 def run_incremental_smoke(repo_root, *args: str) -> list[str]:
     """Run `python benchmarks/incremental.py --smoke` from the repo root, check it exits 0, return its output lines."""
-    result = subprocess.run(
-        [sys.executable, "benchmarks/incremental.py", "--smoke", *args],
-        cwd=repo_root, capture_output=True, text=True, timeout=300,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout.splitlines()
-
-
-def table_cells(lines: list[str], run: str) -> list[str]:
-    """The cells of the markdown table row of `run`."""
-    (row,) = [line for line in lines if re.match(rf"\|\s*{run}\s*\|", line)]
-    return [cell.strip() for cell in row.strip("|").split("|")]
+    return run_benchmark(repo_root, "incremental.py", "--smoke", *args)
 
 
 def check_report(lines: list[str]) -> None:

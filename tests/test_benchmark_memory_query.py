@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
+
+from benchmark_runs import run_benchmark
 
 QUERY_STEPS = [
     "seed path: decode", "ours: search_image", "decode: load_image", "embed: embedder.embed",
@@ -14,11 +14,7 @@ QUERY_STEPS = [
 
 def run_smoke(repo_root, script: str) -> list[str]:
     """Run `python benchmarks/<script> --smoke` from the repo root, check it exits 0, return its output lines."""
-    result = subprocess.run(
-        [sys.executable, f"benchmarks/{script}", "--smoke"], cwd=repo_root, capture_output=True, text=True, timeout=300
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout.splitlines()
+    return run_benchmark(repo_root, script, "--smoke")
 
 
 def check_common(lines: list[str]) -> None:

@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
+
+from benchmark_runs import run_benchmark
 
 MODES = ["seed loop", "pipeline", "model alone"]
 
 
 def run_extraction_smoke(repo_root, *args: str) -> list[str]:
     """Run `python benchmarks/extraction.py --smoke` from the repo root, check it exits 0, return its output lines."""
-    result = subprocess.run(
-        [sys.executable, "benchmarks/extraction.py", "--smoke", *args],
-        cwd=repo_root, capture_output=True, text=True, timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout.splitlines()
+    return run_benchmark(repo_root, "extraction.py", "--smoke", *args)
 
 
 def table_row(lines: list[str], mode: str) -> str:
