@@ -184,16 +184,11 @@ def open_and_search(spec: dict, count: int) -> dict:
     batch_s, _ = timed(lambda: opened.search_ids(queries, K))
     release_free_memory()
     resident = status_bytes("VmRSS") - before  # the index, the mapped pages it read, the collection's records
-    describing = []
-    for _ in range(20):  # what every search_ids call spends on `structure` (a FAISS index made from the factory)
-        start = time.perf_counter()
-        _ = opened.structure
-        describing.append(time.perf_counter() - start)
     return {
         "params": str(opened.params), "mapped": opened.read_only, "open_s": open_s, "resident": resident,
         "bytes_per_vector": index_file.stat().st_size / count, "recall": ann.recall_at_k(found, truth, K),
         "p50_ms": 1000 * float(np.median(latencies)), "single_queries": len(latencies),
-        "batch_qps": len(queries) / batch_s, "structure_ms": 1000 * float(np.median(describing)),
+        "batch_qps": len(queries) / batch_s,
     }
 
 
@@ -407,8 +402,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"WARNING: imagesearch/ changed during this run; measured with other code: {', '.join(changed)}")
             for label, m in results.items():
                 single = "" if m["single_queries"] >= args.queries else f"; p50 of {m['single_queries']} single queries"
-                print(f"tuning: {label}: {m['tuning']}; trained on {m['trained_on']:,} vectors{single}; "
-                      f"SearchIndex.structure, evaluated by every search_ids call, takes {m['structure_ms']:.2f} ms")
+                print(f"tuning: {label}: {m['tuning']}; trained on {m['trained_on']:,} vectors{single}")
                 if "resident" in m:
                     print(f"resident: {label}: {m['resident'] / count:,.0f} B/vector held once opened and queried "
                           f"(RSS; the collection's records alone {m['records'] / count:,.0f} B/vector)")
