@@ -285,8 +285,9 @@ def remove(index: faiss.Index, ids: np.ndarray) -> int:
     """
     removed = index.remove_ids(np.asarray(ids, dtype=np.int64))
     ivf = ivf_of(index)
-    if removed and ivf is not None and isinstance(faiss.downcast_index(ivf), faiss.IndexIVFFastScan):
-        _repack_last_blocks(faiss.downcast_index(ivf))
+    fast_scan = faiss.downcast_index(ivf) if ivf is not None else None
+    if removed and isinstance(fast_scan, faiss.IndexIVFFastScan):
+        _repack_last_blocks(fast_scan)
     return removed
 
 

@@ -101,7 +101,8 @@ def build_index(
             updated.params, updated.tuning = SearchParams.parse(measured.params), measured
         return updated
 
-    structure = ann.describe(choice.factory, dim, metric, count)  # too few vectors to train: refused here
+    if previous is not None:  # checked above without the count, which only a build from scratch must train
+        structure = ann.describe(choice.factory, dim, metric, count)  # too few vectors to train: refused here
     index = ann.new_index(choice.factory, dim, metric)
     trained = (ann.training_rows(count, structure, keep_out=tuning.TUNING_QUERIES) if not index.is_trained
                else np.zeros(0, np.int64))
