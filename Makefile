@@ -9,6 +9,8 @@ IMAGES ?= images
 ARTIFACTS ?= artifacts
 BACKBONE ?= resnet50
 WEIGHTS ?= imagenet
+# What computes ResNet50: auto (the fastest runtime on this CPU that matches tensorflow), tensorflow, litert, …
+RUNTIME ?= auto
 # The pretrained model that sits beside the project on our machines (see README: offline weights)
 SHARED_MODEL ?= ../shared/models/mobilenet_v1_1.0_224_quant_embedding_extractor.tflite
 
@@ -36,7 +38,7 @@ browser:  ## Chromium for the browser tests: installed with apt-get when we are 
 
 demo: install  ## embed the images, build the index, check it, draw example queries
 	$(BIN)/python -m imagesearch build --images $(IMAGES) --artifacts $(ARTIFACTS) \
-		--backbone $(BACKBONE) --weights $(WEIGHTS)
+		--backbone $(BACKBONE) --weights $(WEIGHTS) --runtime $(RUNTIME)
 
 test: install browser  ## unit tests, the notebooks end to end (nbval) and in a browser (JupyterLab), offline
 	$(BIN)/python -m pytest
@@ -48,7 +50,7 @@ ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 
 lab: install  ## open the notebooks in JupyterLab, with the same settings as `make demo` (IMAGES, ARTIFACTS, WEIGHTS…)
 	IMAGESEARCH_IMAGES="$(abspath $(IMAGES))" IMAGESEARCH_ARTIFACTS="$(abspath $(ARTIFACTS))" \
-	IMAGESEARCH_BACKBONE="$(BACKBONE)" IMAGESEARCH_WEIGHTS="$(LAB_WEIGHTS)" \
+	IMAGESEARCH_BACKBONE="$(BACKBONE)" IMAGESEARCH_WEIGHTS="$(LAB_WEIGHTS)" IMAGESEARCH_RUNTIME="$(RUNTIME)" \
 		$(BIN)/jupyter lab $(ALLOW_ROOT) notebooks/
 
 notebooks: install  ## re-run the notebooks and store their outputs as nbval's expected results
@@ -62,7 +64,6 @@ figure: install  ## redraw the README's picture with the shared pretrained Mobil
 
 benchmarks: install  ## every benchmark at the sizes the README quotes (about 2 hours: the 1M index benchmark is most)
 	$(BIN)/python benchmarks/extraction.py --count 448 --batch-size 32
-	$(BIN)/python benchmarks/precision.py --count 448
 	$(BIN)/python benchmarks/incremental.py --count 10000
 	$(BIN)/python benchmarks/memory.py --counts 2000 20000
 	$(BIN)/python benchmarks/query_latency.py --sizes 10000 100000

@@ -3,7 +3,10 @@
 The notebooks read their parameters from IMAGESEARCH_* environment variables.
 Under pytest they run offline: seeded random ResNet50 weights, and a throwaway
 artifacts folder that notebook 01 writes, 02 reads and writes, and 03 reads
-(pytest runs them in that order). Variables already set win, so the same
+(pytest runs them in that order), and a cache of LiteRT conversions and
+runtime choices of the session's own (IMAGESEARCH_CACHE, not ~/.keras): the
+first `runtime="auto"` of a session measures the runtimes from nothing, as on
+a fresh machine, and the CLI's and notebooks' subprocesses share what it found. Variables already set win, so the same
 notebooks can be checked with other weights, e.g. IMAGESEARCH_WEIGHTS=path.h5.
 """
 
@@ -21,12 +24,13 @@ NOTEBOOK_DEFAULTS = {
 def pytest_configure(config):
     for name, value in NOTEBOOK_DEFAULTS.items():
         os.environ.setdefault(name, value)
-    if "IMAGESEARCH_ARTIFACTS" not in os.environ:
-        config._imagesearch_artifacts = tempfile.mkdtemp(prefix="imagesearch-nbval-")
-        os.environ["IMAGESEARCH_ARTIFACTS"] = config._imagesearch_artifacts
+    config._imagesearch_temporary = []
+    for name, prefix in (("IMAGESEARCH_ARTIFACTS", "imagesearch-nbval-"), ("IMAGESEARCH_CACHE", "imagesearch-cache-")):
+        if name not in os.environ:
+            os.environ[name] = tempfile.mkdtemp(prefix=prefix)
+            config._imagesearch_temporary.append(os.environ[name])
 
 
 def pytest_unconfigure(config):
-    artifacts = getattr(config, "_imagesearch_artifacts", None)
-    if artifacts:
-        shutil.rmtree(artifacts, ignore_errors=True)
+    for folder in getattr(config, "_imagesearch_temporary", []):
+        shutil.rmtree(folder, ignore_errors=True)

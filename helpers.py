@@ -20,13 +20,12 @@ from imagesearch.display import caption, plot_embedding_map, plot_recall_speed, 
 from imagesearch.embedders import (
     Embedder,
     EmbedderInfo,
-    PrecisionUnavailableError,
+    Fidelity,
     RandomWeightsWarning,
     ResNet50Embedder,
     TFLiteEmbedder,
     WeightsUnavailableError,
     cpu_supports_bfloat16,
-    make_embedder,
 )
 from imagesearch.errors import UserFacingError
 from imagesearch.evaluate import SelfCheck, evaluate, group_of, precision_at_k, self_check
@@ -54,6 +53,7 @@ from imagesearch.plan import Listing, Plan, list_files, make_plan
 from imagesearch.query import EmbedderMismatchError, check_compatible, search_image, search_indexed
 from imagesearch.records import ImageRecord, Records, Skipped
 from imagesearch.runtime import versions
+from imagesearch.runtimes import RUNTIMES, RuntimeUnavailableError, make_embedder
 from imagesearch.storage import ArtifactError, DamagedStateError, DamagedStateWarning, embeddings_dir, index_dir
 from imagesearch.tuning import Candidate, Tuning, choose
 
@@ -64,6 +64,7 @@ __all__ = [
     "DamagedStateWarning",
     "DecodeWarning",
     "Embedder",
+    "Fidelity",
     "EmbedderInfo",
     "EmbedderMismatchError",
     "Embeddings",
@@ -77,9 +78,10 @@ __all__ = [
     "Listing",
     "Plan",
     "Records",
-    "PrecisionUnavailableError",
     "RandomWeightsWarning",
+    "RUNTIMES",
     "ResNet50Embedder",
+    "RuntimeUnavailableError",
     "SearchApp",
     "SearchIndex",
     "SearchParams",

@@ -1,4 +1,5 @@
-"""What every benchmark script needs: the machine it ran on, peak memory, a timer, a markdown table, test images."""
+"""What every benchmark script needs: the machine it ran on, peak memory, a timer, a markdown table, test images,
+and ResNet50's embedders on every runtime."""
 
 from __future__ import annotations
 
@@ -13,12 +14,15 @@ import time
 from collections.abc import Callable, Sequence
 from importlib import import_module
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 from PIL import Image
 
 from imagesearch.images import list_images, open_rgb
+
+if TYPE_CHECKING:
+    from imagesearch.embedders import Embedder, Fidelity
 
 T = TypeVar("T")
 
@@ -188,3 +192,45 @@ def parse_images_benchmark_args(parser: argparse.ArgumentParser, argv: list[str]
     if min(args.count, args.batch_size, args.repeats) < 1:
         parser.error("--count, --batch-size and --repeats must be at least 1")
     return args
+
+
+def add_runtimes_argument(parser: argparse.ArgumentParser) -> None:
+    """--runtimes: which of ResNet50's runtimes to time beside `auto` (default: every one available here)."""
+    from imagesearch.runtimes import RUNTIMES
+
+    parser.add_argument(
+        "--runtimes", nargs="+", choices=RUNTIMES, metavar="RUNTIME",
+        help=f"ResNet50 runtimes to time, of {', '.join(RUNTIMES)} (default: every one available here); "
+        "tensorflow, the reference, and the one auto picks are always timed",
+    )
+
+
+def runtime_embedders(
+    weights: str, purpose: str, images: str | os.PathLike, requested: Sequence[str] | None = None
+) -> tuple[dict[str, Embedder], Embedder]:
+    """ResNet50 with `weights` (seed 0) on each runtime: `({runtime: embedder}, auto's embedder for `purpose`)`.
+
+    `requested` None means every runtime available here; tensorflow (the reference) and the runtime `auto`
+    picked are added to it. Auto is built first: where it has not been measured on this CPU with these
+    weights yet, it measures every runtime (on `images`), and the embedders named after it reuse its
+    conversions and measurements. Exits with the reason when a requested runtime cannot run here.
+    """
+    from imagesearch.embedders import REFERENCE_RUNTIME
+    from imagesearch.runtimes import RUNTIMES, make_embedder, unavailable
+
+    for runtime in requested or ():
+        if (reason := unavailable(runtime)) is not None:
+            raise SystemExit(f"runtime {runtime} cannot run here: {reason}")
+    auto = make_embedder("resnet50", weights, seed=0, runtime="auto", purpose=purpose, images=images)
+    wanted = set(requested) if requested else {runtime for runtime in RUNTIMES if unavailable(runtime) is None}
+    wanted |= {REFERENCE_RUNTIME, auto.info.runtime}
+    embedders = {
+        runtime: make_embedder("resnet50", weights, seed=0, runtime=runtime, purpose=purpose, images=images)
+        for runtime in RUNTIMES if runtime in wanted
+    }
+    return embedders, auto
+
+
+def fidelity_cells(fidelity: Fidelity) -> list[str]:
+    """A fidelity's lowest cosine (rounded down, never up to 1) and top-5 agreement, as two table cells."""
+    return [f"{np.floor(fidelity.min_cosine * 1e6) / 1e6:.6f}", f"{fidelity.top5:.3f}"]

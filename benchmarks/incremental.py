@@ -41,10 +41,11 @@ from benchmarks.common import (
     write_collection,
 )
 from imagesearch.collection import Embeddings, load_previous_embeddings, save_embeddings
-from imagesearch.embedders import Embedder, RandomWeightsWarning, make_embedder
+from imagesearch.embedders import Embedder, RandomWeightsWarning
 from imagesearch.extract import extract_embeddings
 from imagesearch.images import list_images
 from imagesearch.index import SearchIndex, build_index, load_index, load_previous_index, save_index
+from imagesearch.runtimes import CHOICES, make_embedder
 from imagesearch.storage import embeddings_dir, index_dir
 
 SMOKE_COUNT, QUERIES, K = 200, 200, 5
@@ -71,6 +72,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--factory", default="Flat", help="FAISS index factory string")
     parser.add_argument("--backbone", default="resnet50", help="resnet50 or tflite")
     parser.add_argument("--weights", default="random", help="resnet50 weights, or the .tflite file")
+    parser.add_argument("--runtime", choices=CHOICES,
+                        help="what computes ResNet50 (default: tensorflow, the runtime of the README's figures)")
     parser.add_argument(
         "--smoke", action="store_true", help=f"only check that the script works: --count {SMOKE_COUNT}"
     )
@@ -174,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=RandomWeightsWarning)  # speed does not depend on the weight values
     print(machine_description())
     print(f"at the start: {load_average()}")
-    load_seconds, embedder = timed(lambda: make_embedder(args.backbone, args.weights, seed=0))
+    runtime = args.runtime or ("tensorflow" if args.backbone == "resnet50" else None)
+    load_seconds, embedder = timed(lambda: make_embedder(args.backbone, args.weights, seed=0, runtime=runtime))
     shapes = {args.batch_size, (args.count + added_count) % args.batch_size, added_count % args.batch_size} - {0}
     width, height = embedder.info.input_size
     warm_seconds, _ = timed(lambda: [embedder.embed(np.zeros((n, height, width, 3), np.uint8)) for n in shapes])

@@ -151,7 +151,7 @@ def embed_real(photos: Sequence[Path], count: int, queries: int, seed: int, cach
         with np.load(path) as saved:
             return VectorSet("real", saved["base"], saved["queries"], base_plan[:, 0], query_plan[:, 0])
 
-    from imagesearch.embedders import make_embedder
+    from imagesearch.runtimes import make_embedder
 
     embedder = make_embedder("tflite", weights=str(MODEL))
     plan = np.concatenate([base_plan, query_plan])

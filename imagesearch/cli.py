@@ -12,13 +12,14 @@ import matplotlib
 import numpy as np
 
 from .collection import SKIPPED_FILE, load_embeddings, load_previous_embeddings, save_embeddings
-from .embedders import make_embedder
 from .errors import UserFacingError
 from .evaluate import evaluate, self_check
 from .extract import extract_embeddings
 from .images import open_rgb
 from .index import SearchIndex, build_index, load_index, load_previous_index, save_index
 from .query import search_image, search_indexed
+from .runtimes import CHOICES as RUNTIME_CHOICES
+from .runtimes import RUNTIME_ENV, make_embedder
 from .storage import check_not_busy, embeddings_dir, exclusive, index_dir
 from .tuning import DEFAULT_TARGET_RECALL
 
@@ -45,7 +46,8 @@ def build(args: argparse.Namespace) -> int:
 def lab_command(args: argparse.Namespace) -> str:
     """The `make lab` command that opens the notebooks with this run's settings (those that differ from make's)."""
     settings = [("IMAGES", args.images, "images"), ("ARTIFACTS", args.artifacts, "artifacts"),
-                ("BACKBONE", args.backbone, "resnet50"), ("WEIGHTS", args.weights, "imagenet")]
+                ("BACKBONE", args.backbone, "resnet50"), ("WEIGHTS", args.weights, "imagenet"),
+                ("RUNTIME", args.runtime or "auto", "auto")]
     return " ".join(["make lab", *(f"{name}={shlex.quote(str(value))}" for name, value, default in settings
                                    if str(value) != default)])
 
@@ -55,7 +57,7 @@ def extract(args: argparse.Namespace) -> int:
     if not Path(args.images).is_dir():  # before the model loads, which takes seconds
         raise FileNotFoundError(f"image folder {args.images} does not exist; pass --images FOLDER")
     check_not_busy(embeddings_dir(args.artifacts))  # likewise
-    embedder = make_embedder(args.backbone, args.weights, seed=args.seed, precision=args.precision)
+    embedder = make_embedder(args.backbone, args.weights, args.seed, args.runtime, "batch", images=args.images)
     print(f"Embedding {args.images} with {embedder.info}")
     folder = embeddings_dir(args.artifacts)
     previous = load_previous_embeddings(folder)
@@ -118,7 +120,8 @@ def query(args: argparse.Namespace) -> int:
     search_index = load_index(index_dir(args.artifacts))
     search_index.params.merged(args.params).check(search_index.structure)  # before the model loads, as is:
     open_rgb(args.image)  # a file that is no image is reported before the model loads, which takes seconds
-    embedder = make_embedder(args.backbone, args.weights, seed=args.seed)
+    embedder = make_embedder(args.backbone, args.weights, args.seed, args.runtime, "query",
+                             images=search_index.image_root)
     for hit in search_image(search_index, embedder, args.image, args.k, params=args.params):
         print(f"{hit.rank + 1:3d}  {hit.distance:12.4f}  {hit.path}")
     return 0
@@ -168,15 +171,13 @@ def parser() -> argparse.ArgumentParser:
             "--weights", default="imagenet", help="imagenet, random, or a weights/model file (default: %(default)s)"
         )
         command.add_argument("--seed", type=int, default=0, help="seed for --weights random")
+        command.add_argument(
+            "--runtime", default=None, choices=RUNTIME_CHOICES,
+            help=f"what computes ResNet50: auto is the fastest runtime on this CPU whose vectors match tensorflow's "
+            f"(measured once, then remembered); default: ${RUNTIME_ENV}, else auto",
+        )
     for command in (build_command, extract_command):
         command.add_argument("--images", default="images", help="image folder (default: %(default)s)")
-        command.add_argument(
-            "--precision",
-            default="float32",
-            choices=["float32", "bfloat16", "auto"],
-            help="ResNet50's arithmetic: auto is bfloat16 where the CPU computes it natively, faster "
-            "(default: %(default)s)",
-        )
         command.add_argument(
             "--batch-size", type=int, default=32, help="images per model call (default: %(default)s)"
         )

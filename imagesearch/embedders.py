@@ -6,9 +6,12 @@ from different models are never mixed) and an `embed` method over uint8
 batches. Each extractor does its own preprocessing, so callers only ever hand
 over plain pixels.
 
-ResNet50 can run in bfloat16 where the CPU computes it natively (`precision=`,
-see `cpu_supports_bfloat16`); its vectors stay float32 arrays and are treated
-as the same space as float32 ones (`EmbedderInfo.compatible_with`).
+The same ResNet50 can run on several runtimes (TensorFlow in float32 or
+bfloat16, LiteRT in float32 or int8; `imagesearch.runtimes` chooses among
+them). `EmbedderInfo.runtime` records which one made a set of vectors, and
+`EmbedderInfo.fidelity` how closely that runtime matched TensorFlow float32,
+the reference: vectors from runtimes within the bar (`FIDELITY_BARS`) are
+treated as one space.
 """
 
 from __future__ import annotations
@@ -18,9 +21,8 @@ import os
 import random
 import re
 import tempfile
-import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Protocol
@@ -33,11 +35,52 @@ from .runtime import import_tensorflow, quietly
 #: The file Keras looks for in its cache before downloading ResNet50's ImageNet weights.
 RESNET50_WEIGHTS_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
 
-#: What `precision=` accepts; "auto" becomes "bfloat16" where `bfloat16_unavailable()` says nothing against it.
-PRECISIONS = ("float32", "bfloat16", "auto")
+#: The runtime every other one is measured against.
+REFERENCE_RUNTIME = "tensorflow"
 
 #: /proc/cpuinfo flags of native bfloat16 arithmetic: AVX-512 BF16 (Zen 4+, Cooper Lake) or AMX (Sapphire Rapids+).
 BFLOAT16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+@dataclass(frozen=True)
+class Bar:
+    """How closely a runtime's vectors must match the reference's, image by image and as neighbours."""
+
+    min_cosine: float  # the lowest cosine similarity to the reference vector allowed for any image
+    min_top5: float = 0.0  # the share of each image's 5 nearest others (in the sample) both must find
+
+    def __str__(self) -> str:
+        top5 = f" and top-5 agreement >= {self.min_top5:g}" if self.min_top5 else ""
+        return f"cosine >= {self.min_cosine:g}{top5}"
+
+
+#: The fidelity bar of each runtime besides the reference. Float32 runtimes compute the same function in
+#: another order: they must agree to rounding. Reduced precision (8 significant bits in bfloat16, 256 levels
+#: in int8) must keep every vector's direction and the neighbours it finds.
+FIDELITY_BARS = {
+    "tensorflow-bf16": Bar(0.99, 0.98),
+    "litert": Bar(0.9999),
+    "litert-int8": Bar(0.99, 0.98),
+}
+
+
+@dataclass(frozen=True)
+class Fidelity:
+    """How closely a runtime's vectors matched the reference's on a sample of images."""
+
+    min_cosine: float
+    top5: float  # mean share of each image's 5 nearest other images in the sample that both runtimes find
+    images: int  # how many images the sample had
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Fidelity:
+        return cls(float(data["min_cosine"]), float(data["top5"]), int(data["images"]))
+
+    def __str__(self) -> str:
+        return f"cosine >= {_floor(self.min_cosine)}, top-5 agreement {self.top5:.3f} on {self.images} images"
 
 
 @dataclass(frozen=True)
@@ -48,34 +91,69 @@ class EmbedderInfo:
     weights: str  # "imagenet", "random(seed=0)", or "file:<name>@<sha256 prefix>"
     dim: int  # length of one embedding vector
     input_size: tuple[int, int]  # (width, height) the images are resized to
-    precision: str = "float32"  # what the model computed in; the vectors are float32 either way
+    runtime: str = REFERENCE_RUNTIME  # what computed the vectors; for a "tflite:" backbone, the file's own model
+    fidelity: Fidelity | None = None  # measured against the reference; None for the reference itself
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        data["fidelity"] = self.fidelity.to_dict() if self.fidelity else None
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> EmbedderInfo:
+        runtime = data.get("runtime")
+        if runtime is None:  # saved before runtimes: ResNet50 ran on TensorFlow, in `precision`
+            runtime = "tensorflow-bf16" if data.get("precision") == "bfloat16" else REFERENCE_RUNTIME
+        fidelity = data.get("fidelity")
         return cls(
             backbone=data["backbone"],
             weights=data["weights"],
             dim=int(data["dim"]),
             input_size=tuple(data["input_size"]),
-            precision=data.get("precision", "float32"),  # saved before precision was recorded: float32
+            runtime=runtime,
+            fidelity=Fidelity.from_dict(fidelity) if fidelity else None,
         )
 
     def __str__(self) -> str:
-        precision = "" if self.precision == "float32" else f", {self.precision}"
-        return f"{self.backbone} (weights {self.weights}, {self.dim}-d{precision})"
+        runtime = "" if self.runtime == REFERENCE_RUNTIME else f", {self.runtime}"
+        return f"{self.backbone} (weights {self.weights}, {self.dim}-d{runtime})"
+
+    def outside_bar(self) -> str | None:
+        """Why this runtime's vectors may not stand in for the reference's, or None when they may.
+
+        A runtime is within its bar only by measurement: one that was never
+        measured on these weights is outside it, never trusted.
+        """
+        bar = FIDELITY_BARS.get(self.runtime)
+        if bar is None or self.backbone.startswith("tflite:"):  # the reference, or a model file that is its own
+            return None
+        if self.fidelity is None:
+            return f"{self.runtime} was not measured against {REFERENCE_RUNTIME}"
+        if self._fails():
+            return f"{self.runtime} gave {self.fidelity}, outside its bar ({bar}) against {REFERENCE_RUNTIME}"
+        return None
+
+    def _fails(self) -> bool:
+        """Whether this runtime was measured, and missed its bar."""
+        bar = FIDELITY_BARS.get(self.runtime)
+        return bool(bar and self.fidelity and not self.backbone.startswith("tflite:") and (
+            self.fidelity.min_cosine < bar.min_cosine or self.fidelity.top5 < bar.min_top5))
 
     def compatible_with(self, other: EmbedderInfo) -> bool:
         """Whether vectors from `self` and `other` live in the same space, so they can be compared or mixed.
 
-        Precision does not count: a bfloat16 run of the same backbone and weights
-        approximates the float32 vectors closely enough to search among them
-        (benchmarks/precision.py measures it: cosine similarity to float32 above
-        0.99999 per image, and the same precision@5, with random ResNet50 weights).
+        The same backbone and weights, on the same runtime or on runtimes within
+        their fidelity bar of the reference: a bfloat16 or int8 run of the same
+        model approximates its float32 vectors closely enough to search among them
+        (`runtimes.make_embedder` measures it before a runtime is used). Vectors
+        from a runtime that missed its bar mix with none; vectors never measured
+        (collections saved with the earlier `precision="bfloat16"`) only with
+        vectors from the same runtime.
         """
-        return replace(self, precision="float32") == replace(other, precision="float32")
+        same_model = replace(self, runtime="", fidelity=None) == replace(other, runtime="", fidelity=None)
+        if not same_model or self._fails() or other._fails():
+            return False
+        return self.runtime == other.runtime or not (self.outside_bar() or other.outside_bar())
 
 
 class Embedder(Protocol):
@@ -92,41 +170,33 @@ class WeightsUnavailableError(UserFacingError, RuntimeError):
     """The requested pretrained weights could not be loaded (usually: no network)."""
 
 
-class PrecisionUnavailableError(UserFacingError, ValueError):
-    """bfloat16 was asked for where it cannot run natively (it would be slower, not faster)."""
-
-
 class RandomWeightsWarning(UserWarning):
     """Embeddings from random weights test the mechanics: they match near-copies of an image, not its meaning."""
 
+    MESSAGE = ("ResNet50 uses randomly initialised weights, to test the mechanics: its vectors still match "
+               "near-copies of an image (a crop, a mirror image) but not images that show the same thing.")
+
 
 class ResNet50Embedder:
-    """ResNet50 from `keras.applications` without its classifier, global-average pooled to 2048-d.
+    """ResNet50 from `keras.applications` without its classifier, global-average pooled to 2048-d, on TensorFlow.
 
     Args:
         weights: "imagenet" (downloaded once into Keras' cache), a path to a
             local weights file (.h5 or .weights.h5, no top), or "random" for
             seeded random initialisation, which is only good for smoke tests.
         seed: the seed for "random" weights.
-        precision: "float32" (the default); "bfloat16", which raises
-            ValueError where the CPU or TensorFlow cannot compute it natively;
-            or "auto", bfloat16 where it can and float32 elsewhere. `info.precision`
-            says which one was used. The vectors are float32 arrays either way.
+        bfloat16: compute in bfloat16 (Keras' "mixed_bfloat16" dtype policy:
+            float32 weights, bfloat16 arithmetic), which is only faster where
+            the CPU computes bfloat16 natively (`cpu_supports_bfloat16`). The
+            vectors are float32 arrays either way.
     """
 
-    def __init__(self, weights: str = "imagenet", seed: int = 0, precision: str = "float32"):
+    def __init__(self, weights: str = "imagenet", seed: int = 0, bfloat16: bool = False):
         tf = import_tensorflow()
         import keras
 
-        precision = resolve_precision(precision)  # before the model is built: fail fast
-        if weights == "random":
+        if weights == "random":  # `runtimes.make_embedder` warns that these are only good for the mechanics
             keras_weights, label = None, f"random(seed={seed})"
-            warnings.warn(
-                "ResNet50 uses randomly initialised weights, to test the mechanics: its vectors still match "
-                "near-copies of an image (a crop, a mirror image) but not images that show the same thing.",
-                RandomWeightsWarning,
-                stacklevel=3,  # point at the caller of make_embedder, the usual entry
-            )
         elif weights == "imagenet":
             keras_weights, label = "imagenet", "imagenet"
         else:
@@ -134,9 +204,10 @@ class ResNet50Embedder:
 
         try:
             with _seeded(seed if weights == "random" else None), _announced_download(weights):
-                self.model = keras.applications.ResNet50(
-                    include_top=False, weights=keras_weights, pooling="avg", input_shape=(224, 224, 3)
-                )
+                with _dtype_policy("mixed_bfloat16" if bfloat16 else None):
+                    self.model = keras.applications.ResNet50(
+                        include_top=False, weights=keras_weights, pooling="avg", input_shape=(224, 224, 3)
+                    )
         except Exception as error:
             if weights == "imagenet":
                 raise WeightsUnavailableError(_imagenet_download_help(error)) from error
@@ -148,40 +219,30 @@ class ResNet50Embedder:
         # `predict` overhead, which dominates when embedding a single query.
         @tf.function(input_signature=[tf.TensorSpec([None, 224, 224, 3], tf.uint8)])
         def embed_graph(images):
-            return model(preprocess(tf.cast(images, tf.float32)), training=False)
+            return tf.cast(model(preprocess(tf.cast(images, tf.float32)), training=False), tf.float32)
 
         self._embed_graph = embed_graph
-        # bfloat16 is TensorFlow's oneDNN graph rewrite (auto_mixed_precision_onednn_bfloat16), which
-        # turns the convolutions and their fused ops into bfloat16 with casts around them, applied to
-        # this function's calls only (see `_onednn_bfloat16_calls`). Measured against the alternative,
-        # a Keras "mixed_bfloat16" dtype policy on every layer (scoped by construction, via
-        # keras.models.clone_model), on an AMD EPYC with avx512_bf16, 2 cores, batch 32, random
-        # weights, runs interleaved: float32 24.1 images/s, oneDNN rewrite 33.8 (1.40x), Keras policy
-        # 32.3 (1.34x); cosine to float32 min 0.999995 vs 0.999994, relative L2 error 3.1e-3 vs 3.6e-3.
-        # The rewrite is a little faster and closer (Keras keeps BatchNormalization in float32, with
-        # casts around every convolution), needs no second model, and is the path that gave
-        # 36 -> 58 images/s on a Xeon with AMX. Its cost: it relies on TensorFlow internals, checked
-        # in `bfloat16_unavailable`.
-        self._call_scope = _onednn_bfloat16_calls if precision == "bfloat16" else nullcontext
-        self.info = EmbedderInfo("resnet50", label, 2048, (224, 224), precision)
+        self.info = EmbedderInfo("resnet50", label, 2048, (224, 224), "tensorflow-bf16" if bfloat16 else "tensorflow")
 
     def embed(self, images: np.ndarray) -> np.ndarray:
         """Map a `(n, 224, 224, 3)` uint8 batch to `(n, 2048)` float32 embeddings."""
         _check_batch(images, self.info)
-        with self._call_scope():
-            vectors = self._embed_graph(images)
-        return vectors.numpy().astype(np.float32, copy=False)
+        return self._embed_graph(images).numpy()
 
 
 class TFLiteEmbedder:
-    """An embedding model in a TensorFlow Lite file that takes uint8 RGB pixels.
+    """An embedding model in a TensorFlow Lite (LiteRT) file that takes uint8 RGB pixels.
 
-    Quantized outputs are dequantized with the output tensor's scale and zero
-    point. Used in tests with the real ImageNet-trained MobileNet in
-    `../shared/models/`, the one pretrained model available offline here.
+    Runs on LiteRT's interpreter with its default XNNPACK delegate. Quantized
+    outputs are dequantized with the output tensor's scale and zero point.
+    Used for ResNet50 converted by `imagesearch.litert` (then `info` names
+    ResNet50 and the runtime), and in tests with the real ImageNet-trained
+    MobileNet in `../shared/models/`, the one pretrained model available offline here.
     """
 
-    def __init__(self, model_path: str | os.PathLike, num_threads: int | None = None):
+    def __init__(
+        self, model_path: str | os.PathLike, num_threads: int | None = None, info: EmbedderInfo | None = None
+    ):
         path = _local_file(model_path)
         self._interpreter = quietly(_tflite_interpreter, path, num_threads or os.cpu_count())
         quietly(self._interpreter.allocate_tensors)
@@ -194,8 +255,12 @@ class TFLiteEmbedder:
             )
         _, height, width, _ = self._input["shape"]
         dim = int(np.prod(self._output["shape"][1:]))
-        weights = f"sha256:{_sha256_prefix(path)}"
-        self.info = EmbedderInfo(f"tflite:{path.name}", weights, dim, (int(width), int(height)))
+        if info is None:
+            info = EmbedderInfo(f"tflite:{path.name}", f"sha256:{_sha256_prefix(path)}", dim, (int(width), int(height)),
+                                runtime="litert")
+        elif (info.dim, info.input_size) != (dim, (int(width), int(height))):
+            raise ValueError(f"{path} maps {width}x{height} images to {dim}-d vectors, not as {info} says")
+        self.info = info
         self._batch = int(self._input["shape"][0])
 
     def embed(self, images: np.ndarray) -> np.ndarray:
@@ -214,103 +279,47 @@ class TFLiteEmbedder:
         return raw.astype(np.float32)
 
 
-def make_embedder(
-    backbone: str = "resnet50", weights: str = "imagenet", seed: int = 0, precision: str = "float32"
-) -> Embedder:
-    """Build the extractor named by `backbone`: "resnet50" (with `weights`) or "tflite" (`weights` is the model file).
-
-    `precision` ("float32", "bfloat16" or "auto") applies to ResNet50; a TFLite
-    model runs in the precision stored in its file, so it takes "float32" or "auto".
-    """
-    if backbone == "resnet50":
-        return ResNet50Embedder(weights=weights, seed=seed, precision=precision)
-    if backbone == "tflite":
-        if precision not in ("float32", "auto"):
-            raise ValueError(f"precision {precision!r} applies to resnet50; a TFLite model runs as stored in its file")
-        return TFLiteEmbedder(weights)
-    raise ValueError(f"unknown backbone {backbone!r}; choose 'resnet50' or 'tflite'")
+def cpu_flags() -> frozenset[str]:
+    """This CPU's feature flags from /proc/cpuinfo (empty where there is none: not Linux)."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            return frozenset(next((line.split(":", 1)[1].split() for line in cpuinfo if line.startswith("flags")), []))
+    except OSError:
+        return frozenset()
 
 
 def cpu_supports_bfloat16() -> bool:
     """Whether this CPU computes bfloat16 natively (AVX-512 BF16 or AMX), by its /proc/cpuinfo flags; else False."""
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            flags = next((line.split(":", 1)[1].split() for line in cpuinfo if line.startswith("flags")), [])
-    except OSError:  # not Linux
-        return False
-    return any(flag in flags for flag in BFLOAT16_CPU_FLAGS)
-
-
-def bfloat16_unavailable() -> str | None:
-    """Why bfloat16 embedding cannot run fast here, or None when it can."""
-    if not cpu_supports_bfloat16():
-        return (
-            f"this CPU has no native bfloat16 arithmetic (none of the flags {', '.join(BFLOAT16_CPU_FLAGS)}), "
-            "so bfloat16 would be emulated: slower than float32, and less exact"
-        )
-    try:
-        from tensorflow.core.protobuf import rewriter_config_pb2
-        from tensorflow.python.eager import context
-        from tensorflow.python.util import _pywrap_util_port
-    except ImportError as error:
-        return f"this TensorFlow lacks the internals the bfloat16 rewrite is applied with ({error})"
-    rewrites = rewriter_config_pb2.RewriterConfig.DESCRIPTOR.fields_by_name
-    if "auto_mixed_precision_onednn_bfloat16" not in rewrites or not hasattr(context, "FunctionCallOptions"):
-        return "this TensorFlow lacks the internals the bfloat16 rewrite is applied with"
-    if not _pywrap_util_port.IsMklEnabled():
-        # The rewrite is then silently skipped: the "bfloat16" vectors would be float32 ones.
-        return "TensorFlow's oneDNN optimizations are off (TF_ENABLE_ONEDNN_OPTS=0, or a build without oneDNN)"
-    return None
-
-
-def resolve_precision(precision: str) -> str:
-    """Turn a `precision=` argument into "float32" or "bfloat16"; raise ValueError for bfloat16 where it cannot run.
-
-    Asking for "bfloat16" where it would be emulated is an error rather than a
-    warning: it is only ever asked for to go faster, and emulated it goes slower
-    while giving up exactness. "auto" is the way to say "bfloat16 where it helps".
-    """
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-    if precision == "float32":
-        return precision
-    reason = bfloat16_unavailable()
-    if reason is None:
-        return "bfloat16"
-    if precision == "auto":
-        return "float32"
-    raise PrecisionUnavailableError(
-        f"precision 'bfloat16' is not available: {reason}; use precision='auto' or 'float32'"
-    )
+    return any(flag in cpu_flags() for flag in BFLOAT16_CPU_FLAGS)
 
 
 @contextmanager
-def _onednn_bfloat16_calls() -> Iterator[None]:
-    """Within this block, and on this thread only, tf.functions run with oneDNN's bfloat16 graph rewrite.
+def _dtype_policy(name: str | None) -> Iterator[None]:
+    """Build the layers made in this block with Keras' dtype policy `name` (None: leave the policy alone).
 
-    TensorFlow offers the rewrite publicly only as a process-wide option,
-    `tf.config.optimizer.set_experimental_options({"auto_mixed_precision_onednn_bfloat16": True})`,
-    and that option is read when a function is *called*, not when it is traced: each call
-    carries the optimizer config as an attribute, and a function is optimised anew for every
-    config it is called with (tested: tracing with the option on and calling with it off gives
-    float32 results, bit for bit; turning it on changes the results of every tf.function in the
-    process, even ones called before). So the config is set here per call, in the thread-local
-    call options that `tf.experimental.function_executor_type` also swaps, and put back after:
-    other models and threads keep float32 (tests/test_precision.py checks this bit for bit).
+    Keras sets a layer's policy when the layer is made, from the global one, and
+    offers no scoped form of it; so it is set here and put back after. Models
+    built meanwhile on other threads would get it too: ours are built on one.
     """
-    from tensorflow.core.protobuf import config_pb2, rewriter_config_pb2
-    from tensorflow.python.eager import context
+    if name is None:
+        yield
+        return
+    import keras
 
-    ctx = context.context()
-    previous = ctx.function_call_options  # derived from the global config, so other settings carry over
-    config = config_pb2.ConfigProto.FromString(previous.config_proto_serialized or b"")
-    rewrites = config.graph_options.rewrite_options
-    rewrites.auto_mixed_precision_onednn_bfloat16 = rewriter_config_pb2.RewriterConfig.ON
-    ctx.function_call_options = context.FunctionCallOptions(executor_type=previous.executor_type, config_proto=config)
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
     try:
         yield
     finally:
-        ctx.function_call_options = previous
+        keras.config.set_dtype_policy(previous)
+
+
+def _floor(value: float) -> str:
+    """A cosine rounded down to the digits that tell it from 1: 0.999993 as "0.99999", never up to "1.0000"."""
+    digits = 4
+    while digits < 7 and value < 1 and np.floor(value * 10**digits) == 10**digits - 1:
+        digits += 1
+    return f"{np.floor(value * 10**digits) / 10**digits:.{digits}f}"
 
 
 @contextmanager
@@ -356,11 +365,18 @@ def _sha256_prefix(path: str | os.PathLike) -> str:
 
 
 def _keras_cache_dir() -> Path:
-    """The folder where `keras.utils.get_file` looks for downloaded weights, by Keras' own rule."""
-    from keras.src.backend.config import keras_home  # not exported publicly; fixed when keras is imported
+    """The folder where `keras.utils.get_file` looks for downloaded weights, by Keras' documented rule.
 
-    base = Path(keras_home()).expanduser()
-    if not os.access(base, os.W_OK):
+    $KERAS_HOME, else `.keras` in the home folder, or in /tmp where the home
+    folder is read-only. Worked out here rather than asked of Keras, which
+    exposes it only in a private module, and only after importing TensorFlow.
+    """
+    home = os.environ.get("KERAS_HOME")
+    if home is None:
+        user = Path("~").expanduser()
+        home = (user if os.access(user, os.W_OK) else Path("/tmp")) / ".keras"
+    base = Path(home).expanduser()
+    if not os.access(base, os.W_OK) and base.exists():
         base = Path(tempfile.gettempdir()) / ".keras"  # Keras' fallback when the home folder is read-only
     return base / "models"
 

@@ -82,7 +82,13 @@ def embed(
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     previous = plan.previous
+    if reason := embedder.info.outside_bar():  # its vectors would not be the model's: no collection takes them
+        raise ArtifactError(f"a collection takes only vectors that match tensorflow's, and {reason}; "
+                            "use --runtime auto (runtime='auto'), which picks a runtime within the bar")
     if previous is not None and not previous.embedder.compatible_with(embedder.info):
+        if reason := previous.embedder.outside_bar():
+            raise ArtifactError(f"the saved embeddings meet only vectors of their own runtime: {reason}; run with "
+                                f"--runtime {previous.embedder.runtime} (runtime='{previous.embedder.runtime}')")
         raise ArtifactError(
             f"the saved embeddings were made by {previous.embedder}, not {embedder.info}; "
             "use another artifacts folder for another backbone, or delete the old embeddings"
@@ -243,8 +249,10 @@ class _Run:
             len(self.skipped), self.resumed, self.plan.listing.ignored, self.noted, self.note_example,
             sorted(self.repaired),
         )
+        # The runtime that made this run's vectors; a run that embedded none keeps the record of the ones it kept.
+        info = self.embedder.info if self.fresh or previous is None else previous.embedder
         return Embeddings(
-            store, records, self.embedder.info, str(self.plan.listing.root), self.skipped, next_id,
+            store, records, info, str(self.plan.listing.root), self.skipped, next_id,
             changes, self.journal.files, saved=previous.saved if previous else None, unchanged=unchanged,
         )
 

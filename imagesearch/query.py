@@ -15,6 +15,13 @@ class EmbedderMismatchError(UserFacingError, ValueError):
 def check_compatible(search_index: SearchIndex, embedder: Embedder) -> None:
     """Raise `EmbedderMismatchError` unless `embedder` produced the vectors in `search_index`."""
     if not embedder.info.compatible_with(search_index.embedder):
+        if reason := search_index.embedder.outside_bar():
+            raise EmbedderMismatchError(f"the index's vectors meet only their own runtime's: {reason}; query with "
+                                        f"--runtime {search_index.embedder.runtime} (runtime='"
+                                        f"{search_index.embedder.runtime}')")
+        if reason := embedder.info.outside_bar():
+            raise EmbedderMismatchError(f"queries are embedded only by runtimes within their fidelity bar, and "
+                                        f"{reason}; use --runtime auto (runtime='auto'), which picks one within it")
         raise EmbedderMismatchError(
             f"the index was built from {search_index.embedder}, but queries would be embedded "
             f"with {embedder.info}; load the same backbone and weights, or rebuild the index "

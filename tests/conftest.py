@@ -16,10 +16,11 @@ import pytest
 from PIL import Image
 
 from imagesearch.collection import Embeddings
-from imagesearch.embedders import EmbedderInfo, TFLiteEmbedder, make_embedder
+from imagesearch.embedders import EmbedderInfo, TFLiteEmbedder
 from imagesearch.extract import extract_embeddings
 from imagesearch.index import SearchIndex, build_index
 from imagesearch.records import ImageRecord
+from imagesearch.runtimes import make_embedder
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,7 +72,7 @@ def make_image():
 @pytest.fixture(scope="session")
 def random_resnet():
     """ResNet50 with seeded random weights, built once: real Keras, meaningless but deterministic vectors."""
-    return make_embedder("resnet50", "random", seed=0)
+    return make_embedder("resnet50", "random", seed=0, runtime="tensorflow")
 
 
 class CountingEmbedder:

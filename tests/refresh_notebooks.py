@@ -45,6 +45,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="imagesearch-refresh-") as artifacts:
         os.environ.update(NOTEBOOK_DEFAULTS)
         os.environ["IMAGESEARCH_ARTIFACTS"] = artifacts
+        os.environ.setdefault("IMAGESEARCH_CACHE", str(Path(artifacts) / "cache"))  # as the tests: from nothing
         for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
             notebook = nbformat.read(path, as_version=4)
             NotebookClient(notebook, timeout=600, resources={"metadata": {"path": str(path.parent)}}).execute()

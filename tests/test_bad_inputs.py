@@ -192,9 +192,9 @@ def read(path):
         pass
 """
 EXTRACT = """
-from imagesearch.embedders import make_embedder
+from imagesearch.runtimes import make_embedder
 from imagesearch.extract import extract_embeddings
-embedder = make_embedder("resnet50", "random", seed=0)
+embedder = make_embedder("resnet50", "random", seed=0, runtime="tensorflow")
 def read(folder):
     extract_embeddings(folder, embedder, batch_size=4, progress=False)
 """

@@ -100,7 +100,7 @@ def run(monkeypatch, capsys, random_resnet) -> Callable[..., Run]:
     """
     model = CountingEmbedder(random_resnet)
 
-    def make_embedder(backbone, weights, seed=0, precision="float32"):
+    def make_embedder(backbone, weights, seed=0, runtime=None, purpose="batch", images=None):
         assert (backbone, weights, seed) == ("resnet50", "random", 0), "the advice names another model"
         return model
 

@@ -16,8 +16,8 @@ from imagesearch.embedders import (
     EmbedderInfo,
     RandomWeightsWarning,
     WeightsUnavailableError,
-    make_embedder,
 )
+from imagesearch.runtimes import make_embedder
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +70,7 @@ def test_embed_rejects_a_batch_of_wrong_dtype_or_shape(random_resnet, batch):
 
 def test_random_weights_warn_and_differ_by_seed(random_resnet, pixels):
     with pytest.warns(RandomWeightsWarning, match="near-copies of an image .* not images that show the same thing"):
-        other = make_embedder("resnet50", "random", seed=1)
+        other = make_embedder("resnet50", "random", seed=1, runtime="tensorflow")
     assert other.info.weights == "random(seed=1)"
     assert not np.allclose(other.embed(pixels[:1]), random_resnet.embed(pixels[:1]))
 
@@ -81,7 +81,7 @@ def test_random_weights_leave_the_callers_random_number_generators_alone():
     expected = (random.random(), np.random.random())
     random.seed(7)
     np.random.seed(7)
-    make_embedder("resnet50", "random", seed=3)
+    make_embedder("resnet50", "random", seed=3, runtime="tensorflow")
     assert (random.random(), np.random.random()) == expected
 
 

@@ -1,15 +1,11 @@
-"""The memory and query-latency benchmarks still run: their smoke runs, in subprocesses as a person would run them."""
+"""The memory benchmark still runs: its smoke run, in a subprocess as a person would run it (query_latency.py's is in
+test_benchmarks.py)."""
 
 from __future__ import annotations
 
 import re
 
 from benchmark_runs import run_benchmark
-
-QUERY_STEPS = [
-    "seed path: decode", "ours: search_image", "decode: load_image", "embed: embedder.embed",
-    "search: SearchIndex.search", "seed's embed: model.predict", "seed's search: FAISS index.search",
-]
 
 
 def run_smoke(repo_root, script: str) -> list[str]:
@@ -36,12 +32,3 @@ def test_memory_smoke_run_measures_both_steps_of_each_build_and_ends_with_a_summ
     assert any(line.startswith("index: peak RSS grew") for line in lines)
     check_common(lines)
     assert re.match(r"summary: peak RSS of extraction .* ratio \d+\.\d\d, target <= 1\.2: (met|NOT met); ", lines[-1])
-
-
-def test_query_latency_smoke_run_times_each_step_and_ends_with_a_summary(repo_root):
-    lines = run_smoke(repo_root, "query_latency.py")
-    for step in QUERY_STEPS:
-        (row,) = [line for line in lines if line.startswith("|") and step in line]
-        assert re.search(r"\|\s*\d+\.\d\s*\|\s*\d+\.\d\s*\|$", row), step
-    check_common(lines)
-    assert re.match(r"summary: one query, p50 ours vs seed path: \d+ vs \d+ ms at 1,000 vectors ", lines[-1])

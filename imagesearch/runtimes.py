@@ -1,0 +1,484 @@
+"""Which runtime computes ResNet50 on this machine: the fastest one whose vectors match TensorFlow float32's.
+
+  tensorflow       TensorFlow's graph in float32: the reference every other runtime is measured against;
+  tensorflow-bf16  the same graph in bfloat16 (Keras' "mixed_bfloat16" policy), only where the CPU computes
+                   bfloat16 natively (AVX-512 BF16, AMX);
+  litert           the model converted to LiteRT and run by its XNNPACK kernels, in float32;
+  litert-int8      the same, quantized to int8 with a calibration sample of the user's images.
+
+None wins everywhere: which is fastest depends on the CPU's instructions, and
+on the work (a batch of 32 or a single query). So `make_embedder(runtime="auto")`,
+the first time it runs on a CPU with some weights, measures every runtime
+available there on a sample of images (`measure`): how close its vectors are
+to the reference's (the lowest cosine similarity of an image's two vectors,
+and the share of each image's 5 nearest others in the sample that both find),
+images per second in batches, and the median time of one image. It then uses,
+for batches and for single queries each, the fastest runtime within its
+fidelity bar (`embedders.FIDELITY_BARS`), and remembers the measurements in
+`runtimes.json` in the cache folder, keyed by the CPU and the weights, so
+later runs start at once. The runtime and its fidelity are recorded with the
+embeddings (`EmbedderInfo`); a collection refuses vectors from a runtime
+outside its bar.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import numpy as np
+
+from . import litert
+from .embedders import (
+    BFLOAT16_CPU_FLAGS,
+    FIDELITY_BARS,
+    REFERENCE_RUNTIME,
+    Embedder,
+    EmbedderInfo,
+    Fidelity,
+    RandomWeightsWarning,
+    ResNet50Embedder,
+    TFLiteEmbedder,
+    cpu_flags,
+    cpu_supports_bfloat16,
+)
+from .errors import UserFacingError
+from .images import ImageLoadError, image_extensions, load_image
+from .storage import write_json
+
+RUNTIMES = ("tensorflow", "tensorflow-bf16", "litert", "litert-int8")
+#: What `runtime=` (and --runtime, and $IMAGESEARCH_RUNTIME) accepts.
+CHOICES = ("auto", *RUNTIMES)
+RUNTIME_ENV = "IMAGESEARCH_RUNTIME"
+#: What an embedder is for: embedding batches (extraction) or one image at a time (queries).
+PURPOSES = ("batch", "query")
+#: Images whose vectors are compared, and further images an int8 conversion is calibrated on.
+SAMPLE_IMAGES, CALIBRATION_IMAGES = 64, 64
+#: The batch the speed of batches is measured in (extraction's default).
+TIMING_BATCH = 32
+#: Where the sample comes from when no images are given: the demo collection beside the package.
+DEMO_IMAGES = Path(__file__).resolve().parents[1] / "images"
+CHOICES_FILE = "runtimes.json"
+FORMAT = 1
+#: The CPU flags that decide which kernels the runtimes use: a machine with other ones is measured anew.
+KERNEL_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", *BFLOAT16_CPU_FLAGS, "amx_int8")
+
+
+class RuntimeUnavailableError(UserFacingError, ValueError):
+    """The runtime asked for cannot run here, or cannot run fast."""
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One runtime measured on this CPU with some weights."""
+
+    runtime: str
+    fidelity: Fidelity | None  # against the reference; None for the reference itself
+    images_per_second: float | None = None  # in batches of TIMING_BATCH; None when only fidelity was measured
+    latency_ms: float | None = None  # median time to embed one image
+    model_sha256: str | None = None  # the LiteRT file measured: another file (a new conversion) is measured again
+
+    def within_bar(self) -> bool:
+        return self.info_of(EmbedderInfo("resnet50", "", 2048, (224, 224))).outside_bar() is None
+
+    def info_of(self, base: EmbedderInfo) -> EmbedderInfo:
+        """`base` with this runtime and its fidelity."""
+        return replace(base, runtime=self.runtime, fidelity=self.fidelity)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "fidelity": self.fidelity.to_dict() if self.fidelity else None}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Measurement:
+        fidelity = data.get("fidelity")
+        return cls(data["runtime"], Fidelity.from_dict(fidelity) if fidelity else None,
+                   data.get("images_per_second"), data.get("latency_ms"), data.get("model_sha256"))
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What `auto` picked on this CPU with some weights, from which measurements."""
+
+    batch: str
+    query: str
+    measurements: dict[str, Measurement]
+
+    def runtime_for(self, purpose: str) -> str:
+        return self.batch if purpose == "batch" else self.query
+
+    def lines(self) -> list[str]:
+        """The measurements as a small table, then the choice, for the console and notebooks."""
+        reference = self.measurements[REFERENCE_RUNTIME]
+        rows = []
+        for name, measured in self.measurements.items():
+            verdict = ("reference" if measured.fidelity is None else
+                       f"{measured.fidelity}, {'within' if measured.within_bar() else 'OUTSIDE'} its bar")
+            rows.append(f"  {name:16s}{measured.images_per_second:7.1f} images/s {measured.latency_ms:7.1f} ms  "
+                        f"{verdict}")
+        batch, query = self.measurements[self.batch], self.measurements[self.query]
+        speedup = batch.images_per_second / reference.images_per_second
+        return [*rows, f"  batches: {self.batch} ({speedup:.2f}x {REFERENCE_RUNTIME}); "
+                       f"one query: {self.query} ({query.latency_ms:.0f} ms, {REFERENCE_RUNTIME} "
+                       f"{reference.latency_ms:.0f} ms)"]
+
+
+def unavailable(runtime: str) -> str | None:
+    """Why `runtime` cannot run here, or cannot run fast; None when it can."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"unknown runtime {runtime!r}; choose one of {', '.join(CHOICES)}")
+    if runtime == "tensorflow-bf16" and not cpu_supports_bfloat16():
+        return (f"this CPU has no native bfloat16 arithmetic (none of the flags {', '.join(BFLOAT16_CPU_FLAGS)}), "
+                "so bfloat16 would be emulated: slower than float32, and less exact")
+    if runtime.startswith("litert"):
+        try:
+            import ai_edge_litert.interpreter  # noqa: F401
+        except ImportError as error:
+            return f"LiteRT is not installed ({error}); `pip install ai-edge-litert`"
+    return None
+
+
+def make_embedder(
+    backbone: str = "resnet50",
+    weights: str = "imagenet",
+    seed: int = 0,
+    runtime: str | None = None,
+    purpose: str = "batch",
+    images: str | os.PathLike | np.ndarray | None = None,
+) -> Embedder:
+    """Build the extractor named by `backbone`: "resnet50" (with `weights`) or "tflite" (`weights` is the model file).
+
+    Args:
+        runtime: one of `CHOICES`; None reads $IMAGESEARCH_RUNTIME, else "auto":
+            the fastest runtime within its fidelity bar here, for `purpose`.
+        purpose: "batch" (extraction) or "query" (one image at a time).
+        images: where the sample for a first measurement comes from: a folder
+            (the images about to be embedded, or the indexed ones), or a uint8
+            batch; None takes the demo images. Only read when something has to
+            be measured: the first time on this CPU with these weights.
+    """
+    runtime = runtime or os.environ.get(RUNTIME_ENV) or "auto"
+    if runtime not in CHOICES:
+        raise ValueError(f"unknown runtime {runtime!r}; choose one of {', '.join(CHOICES)}")
+    if purpose not in PURPOSES:
+        raise ValueError(f"unknown purpose {purpose!r}; choose one of {', '.join(PURPOSES)}")
+    if backbone == "tflite":
+        if runtime not in ("auto", "litert"):
+            raise ValueError(f"runtime {runtime!r} applies to resnet50; a TFLite model file runs on litert, as stored")
+        return TFLiteEmbedder(weights)
+    if backbone != "resnet50":
+        raise ValueError(f"unknown backbone {backbone!r}; choose 'resnet50' or 'tflite'")
+    if weights == "random":
+        warnings.warn(RandomWeightsWarning.MESSAGE, RandomWeightsWarning, stacklevel=2)
+    if runtime == REFERENCE_RUNTIME:
+        return ResNet50Embedder(weights, seed)
+    if runtime != "auto" and (reason := unavailable(runtime)):
+        raise RuntimeUnavailableError(f"runtime {runtime!r} is not available: {reason}; use --runtime auto")
+    return _Chooser(weights, seed, images).embedder(runtime, purpose)
+
+
+def remembered(weights: str = "imagenet", seed: int = 0) -> Choice | None:
+    """What `auto` chose on this CPU for these ResNet50 weights, with the measurements, or None if it never ran."""
+    key = litert.weights_key(weights, seed)
+    return _choice_of(_Store().entry(key)) if key else None
+
+
+class _Chooser:
+    """Builds runtimes for one set of weights, measuring them first where this CPU has no record of them."""
+
+    def __init__(self, weights: str, seed: int, images):
+        self.weights, self.seed, self.images = weights, seed, images
+        self._reference: ResNet50Embedder | None = None
+        key = litert.weights_key(weights, seed)
+        if key is None:  # ImageNet weights not downloaded yet: building the reference downloads them, or says why
+            self._reference = ResNet50Embedder(weights, seed)
+            key = litert.weights_key(weights, seed)
+        self.key: str = key
+
+    @property
+    def reference(self) -> ResNet50Embedder:
+        if self._reference is None:
+            self._reference = ResNet50Embedder(self.weights, self.seed)
+        return self._reference
+
+    def embedder(self, runtime: str, purpose: str) -> Embedder:
+        store = _Store()
+        entry = store.entry(self.key)
+        if runtime == "auto":
+            choice = _choice_of(entry)
+            if choice is not None:
+                runtime = choice.runtime_for(purpose)
+                built = self.build(runtime, choice.measurements[runtime])
+                if built is not None:
+                    return built
+            choice, built = self.choose(purpose)
+            store.save(self.key, choice.measurements, choice)
+            return built
+        remembered = entry.get("runtimes", {}).get(runtime) if entry else None
+        if remembered is not None and (built := self.build(runtime, Measurement.from_dict(remembered))):
+            return built
+        sample, calibration = _sample(self.images)
+        [(measured, built)] = self.measure([runtime], sample, calibration, timing=False)
+        store.save(self.key, {runtime: measured}, None)
+        print(f"{runtime}: {measured.fidelity} against {REFERENCE_RUNTIME}, "
+              f"{'within its bar' if measured.within_bar() else 'OUTSIDE its bar'} ({FIDELITY_BARS[runtime]}).")
+        return built
+
+    def build(self, runtime: str, measured: Measurement) -> Embedder | None:
+        """The embedder of `runtime` as it was measured, or None when its model is no longer the one measured."""
+        if runtime == REFERENCE_RUNTIME:
+            return self.reference
+        if runtime == "tensorflow-bf16":
+            return self._tensorflow_bf16(measured)
+        conversion = self._convert(runtime, calibration=None)
+        if conversion is None or conversion.sha256 != measured.model_sha256:
+            return None
+        return TFLiteEmbedder(conversion.path, _threads(), measured.info_of(self._info()))
+
+    def choose(self, purpose: str) -> tuple[Choice, Embedder]:
+        """Measure every runtime available here; return what `auto` picks from them and its embedder for `purpose`."""
+        runtimes = [runtime for runtime in RUNTIMES if unavailable(runtime) is None]
+        print(f"Choosing the fastest runtime for ResNet50 ({self._info().weights}) on this CPU, once: "
+              f"{', '.join(runtimes)} are measured …", flush=True)
+        sample, calibration = _sample(self.images)
+        built = self.measure(runtimes, sample, calibration, timing=True)
+        measurements = {measured.runtime: measured for measured, _ in built}
+        faithful = [measured for measured in measurements.values() if measured.within_bar()]
+        batch = max(faithful, key=lambda measured: measured.images_per_second).runtime
+        query = min(faithful, key=lambda measured: measured.latency_ms).runtime
+        choice = Choice(batch, query, measurements)
+        print("\n".join(choice.lines()))
+        print(f"  remembered in {_Store().path}; measured again on another CPU or with other weights.")
+        chosen = choice.runtime_for(purpose)
+        return choice, next(embedder for measured, embedder in built if measured.runtime == chosen)
+
+    def measure(self, runtimes: list[str], sample: np.ndarray, calibration: np.ndarray,
+                timing: bool) -> list[tuple[Measurement, Embedder]]:
+        """Each runtime's fidelity to the reference on `sample` and, with `timing`, its speed; and its embedder."""
+        expected = self.reference.embed(sample)
+        embedders: dict[str, Embedder] = {}
+        models: dict[str, str | None] = {}
+        for runtime in runtimes:
+            embedders[runtime], models[runtime] = self._fresh(runtime, calibration)
+        fidelity = {runtime: (None if runtime == REFERENCE_RUNTIME else compare(expected, embedder.embed(sample)))
+                    for runtime, embedder in embedders.items()}
+        speeds = time_runtimes(embedders, sample) if timing else {}
+        measured = []
+        for runtime, embedder in embedders.items():
+            measurement = Measurement(runtime, fidelity[runtime], *speeds.get(runtime, (None, None)), models[runtime])
+            embedder.info = measurement.info_of(embedder.info)
+            measured.append((measurement, embedder))
+        return measured
+
+    def _fresh(self, runtime: str, calibration: np.ndarray) -> tuple[Embedder, str | None]:
+        """A new embedder of `runtime`, and the SHA-256 of its LiteRT model (None for TensorFlow's)."""
+        if runtime == REFERENCE_RUNTIME:
+            return self.reference, None
+        if runtime == "tensorflow-bf16":
+            return self._tensorflow_bf16(None), None
+        conversion = self._convert(runtime, calibration)
+        if conversion.seconds is not None:
+            print(f"  converted ResNet50 to {runtime} in {conversion.seconds:.0f} s "
+                  f"({conversion.path.stat().st_size / 2**20:.0f} MiB, cached in {conversion.path.parent})")
+        return TFLiteEmbedder(conversion.path, _threads(), self._info(runtime)), conversion.sha256
+
+    def _tensorflow_bf16(self, measured: Measurement | None) -> ResNet50Embedder:
+        embedder = ResNet50Embedder(self.weights, self.seed, bfloat16=True)
+        if measured is not None:
+            embedder.info = measured.info_of(embedder.info)
+        return embedder
+
+    def _convert(self, runtime: str, calibration: np.ndarray | None) -> litert.Conversion | None:
+        kind = "int8" if runtime == "litert-int8" else "float32"
+        if calibration is None:  # only a cached conversion will do: one to be made must be measured
+            return litert.cached(self.key, kind)
+        return litert.converted(self.key, kind, lambda: self.reference.model, calibration)
+
+    def _info(self, runtime: str = REFERENCE_RUNTIME) -> EmbedderInfo:
+        label = "imagenet" if self.weights == "imagenet" else (
+            f"random(seed={self.seed})" if self.weights == "random" else None)
+        if label is None:
+            from .embedders import _file_label
+
+            label = _file_label(self.weights)
+        return EmbedderInfo("resnet50", label, 2048, (224, 224), runtime)
+
+
+def compare(expected: np.ndarray, actual: np.ndarray, k: int = 5) -> Fidelity:
+    """How closely `actual` vectors match `expected` ones, image by image and as neighbours within the sample."""
+    expected, actual = expected.astype(np.float64), actual.astype(np.float64)
+    norms = np.linalg.norm(expected, axis=1) * np.linalg.norm(actual, axis=1)
+    cosine = np.sum(expected * actual, axis=1) / np.maximum(norms, 1e-30)
+    k = min(k, len(expected) - 1)
+    agreement = 1.0
+    if k > 0:
+        ours, theirs = _nearest(expected, k), _nearest(actual, k)
+        agreement = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(ours.tolist(), theirs.tolist())]))
+    return Fidelity(float(cosine.min()), agreement, len(expected))
+
+
+def _nearest(vectors: np.ndarray, k: int) -> np.ndarray:
+    """Each row's k nearest other rows by L2 distance (the index's default metric)."""
+    squared = np.sum(vectors**2, axis=1)
+    distances = squared[:, None] + squared[None, :] - 2 * vectors @ vectors.T
+    np.fill_diagonal(distances, np.inf)
+    return np.argsort(distances, axis=1, kind="stable")[:, :k]
+
+
+def time_runtimes(embedders: dict[str, Embedder], sample: np.ndarray, rounds: int = 3,
+                  single: int = 7) -> dict[str, tuple[float, float]]:
+    """{runtime: (images per second in batches, median milliseconds of one image)}, measured side by side.
+
+    The runtimes take turns, round by round, keeping each one's best batch and
+    median single time, so that other work on the machine slows them alike.
+    Each was warmed up by the caller (the fidelity pass) at the sample's size;
+    the batch and single shapes get one untimed call here first.
+    """
+    batch = np.resize(sample, (TIMING_BATCH, *sample.shape[1:]))
+    one = sample[:1]
+    for embedder in embedders.values():
+        embedder.embed(batch)
+        embedder.embed(one)
+    best = dict.fromkeys(embedders, np.inf)
+    singles: dict[str, list[float]] = {runtime: [] for runtime in embedders}
+    for _ in range(rounds):
+        for runtime, embedder in embedders.items():
+            start = time.perf_counter()
+            embedder.embed(batch)
+            best[runtime] = min(best[runtime], time.perf_counter() - start)
+    for _ in range(single):
+        for runtime, embedder in embedders.items():
+            start = time.perf_counter()
+            embedder.embed(one)
+            singles[runtime].append(time.perf_counter() - start)
+    return {runtime: (TIMING_BATCH / best[runtime], float(np.median(singles[runtime])) * 1e3) for runtime in embedders}
+
+
+def _sample(images) -> tuple[np.ndarray, np.ndarray]:
+    """The images fidelity is measured on, and the ones an int8 conversion is calibrated on (others where there are)."""
+    if isinstance(images, np.ndarray):
+        pixels = images
+    else:
+        folder = Path(images) if images is not None else DEMO_IMAGES
+        pixels = _load(folder, SAMPLE_IMAGES + CALIBRATION_IMAGES)
+        if len(pixels) < 8 and folder != DEMO_IMAGES and DEMO_IMAGES.is_dir():
+            pixels = _load(DEMO_IMAGES, SAMPLE_IMAGES + CALIBRATION_IMAGES)  # too few to tell neighbours apart
+    if len(pixels) < 8:
+        raise RuntimeUnavailableError(
+            f"choosing a runtime measures it on at least 8 images, and {images or DEMO_IMAGES} gave {len(pixels)}; "
+            f"pass more images, or name a runtime (--runtime {REFERENCE_RUNTIME} needs no measurement)")
+    sample = pixels[:SAMPLE_IMAGES]
+    rest = pixels[SAMPLE_IMAGES:]
+    return sample, rest if len(rest) >= 16 else pixels
+
+
+def _load(folder: Path, count: int) -> np.ndarray:
+    """Up to `count` readable images from `folder`, in listing order, without listing all of a huge folder."""
+    pixels = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a file's decoding troubles are extraction's to report, not the sample's
+        for path in _walk(folder):
+            try:
+                pixels.append(load_image(path, (224, 224)))
+            except (ImageLoadError, OSError):
+                continue
+            if len(pixels) == count:
+                break
+    return np.stack(pixels) if pixels else np.zeros((0, 224, 224, 3), np.uint8)
+
+
+def _walk(folder: Path) -> Iterator[Path]:
+    """The regular image files under `folder`, by name, folder by folder (no FIFO or device is ever opened)."""
+    extensions = image_extensions()
+    try:
+        entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
+    except OSError:
+        return
+    for entry in entries:
+        if entry.name.startswith("."):
+            continue
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                yield from _walk(Path(entry.path))
+            elif entry.is_file() and Path(entry.name).suffix.lower() in extensions:
+                yield Path(entry.path)
+        except OSError:
+            continue
+
+
+def _threads() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _choice_of(entry: dict | None) -> Choice | None:
+    if not entry or "batch" not in entry:
+        return None
+    measurements = {name: Measurement.from_dict(data) for name, data in entry["runtimes"].items()}
+    return Choice(entry["batch"], entry["query"], measurements)
+
+
+def machine() -> dict:
+    """What decides the runtimes' speed and kernels: the CPU, its threads, and the versions of the libraries."""
+    model = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            model = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), model)
+    except OSError:
+        pass
+
+    def installed(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "none"
+
+    flags = sorted(flag for flag in KERNEL_FLAGS if flag in cpu_flags())
+    return {"cpu": model, "flags": flags, "threads": _threads(),
+            "tensorflow": installed("tensorflow"), "litert": installed("ai-edge-litert")}
+
+
+class _Store:
+    """The remembered measurements: {machine fingerprint: {"machine": …, "weights": {key: entry}}}."""
+
+    def __init__(self):
+        self.path = litert.cache_dir() / CHOICES_FILE
+        self.machine = machine()
+        self.fingerprint = hashlib.sha256(json.dumps(self.machine, sort_keys=True).encode()).hexdigest()[:16]
+
+    def _read(self) -> dict:
+        if not self.path.exists():
+            return {"format": FORMAT, "machines": {}}
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+            if data.get("format") != FORMAT or not isinstance(data.get("machines"), dict):
+                raise ValueError(f"not a format {FORMAT} file of runtime choices")
+            return data
+        except (OSError, ValueError, AttributeError) as error:
+            print(f"The remembered runtime choices in {self.path} are unreadable ({error}): measuring again.",
+                  file=sys.stderr)
+            return {"format": FORMAT, "machines": {}}
+
+    def entry(self, key: str) -> dict | None:
+        return self._read()["machines"].get(self.fingerprint, {}).get("weights", {}).get(key)
+
+    def save(self, key: str, measurements: dict[str, Measurement], choice: Choice | None) -> None:
+        data = self._read()
+        mine = data["machines"].setdefault(self.fingerprint, {"machine": self.machine, "weights": {}})
+        entry = mine["weights"].setdefault(key, {"runtimes": {}})
+        entry["runtimes"].update({name: measured.to_dict() for name, measured in measurements.items()})
+        if choice is not None:
+            entry.update(batch=choice.batch, query=choice.query,
+                         measured=datetime.now(UTC).isoformat(timespec="seconds"))
+        else:  # a runtime measured anew (its model changed, or it was never measured): auto's choice is stale
+            for name in ("batch", "query", "measured"):
+                entry.pop(name, None)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(self.path, data)
