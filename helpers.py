@@ -16,7 +16,14 @@ from imagesearch.collection import (
     read_skipped,
     save_embeddings,
 )
-from imagesearch.display import caption, plot_embedding_map, plot_recall_speed, show_images, show_results
+from imagesearch.display import (
+    caption,
+    plot_embedding_map,
+    plot_recall_speed,
+    plot_runtimes,
+    show_images,
+    show_results,
+)
 from imagesearch.embedders import (
     Embedder,
     EmbedderInfo,
@@ -53,7 +60,7 @@ from imagesearch.plan import Listing, Plan, list_files, make_plan
 from imagesearch.query import EmbedderMismatchError, check_compatible, search_image, search_indexed
 from imagesearch.records import ImageRecord, Records, Skipped
 from imagesearch.runtime import versions
-from imagesearch.runtimes import RUNTIMES, RuntimeUnavailableError, make_embedder
+from imagesearch.runtimes import RUNTIMES, Choice, RuntimeUnavailableError, make_embedder, remembered_choice
 from imagesearch.storage import ArtifactError, DamagedStateError, DamagedStateWarning, embeddings_dir, index_dir
 from imagesearch.tuning import Candidate, Tuning, choose
 
@@ -70,6 +77,7 @@ __all__ = [
     "Embeddings",
     "FolderScan",
     "Candidate",
+    "Choice",
     "Hit",
     "ImageLoadError",
     "ImageRecord",
@@ -115,8 +123,10 @@ __all__ = [
     "make_plan",
     "plot_embedding_map",
     "plot_recall_speed",
+    "plot_runtimes",
     "precision_at_k",
     "recall_at_k",
+    "remembered_choice",
     "read_skipped",
     "save_embeddings",
     "save_index",

@@ -2,9 +2,10 @@
 
 Runs the main job's two steps as fresh processes on generated collections of each `--counts` size
 (small distinct JPEGs, into an empty artifacts folder), one after the other: `python -m imagesearch
-extract --weights random` (embed the images and save the embeddings), then `python -m imagesearch
-index` (build the Flat index from them and save it). Each child's own peak resident memory comes
-from `os.wait4`, which returns the resource usage of exactly the child it waited for.
+extract --weights random --runtime tensorflow` (embed the images and save the embeddings; `--runtime`
+to change it), then `python -m imagesearch index` (build the Flat index from them and save it). Each
+child's own peak resident memory comes from `os.wait4`, which returns the resource usage of exactly the
+child it waited for.
 Target: extraction's peak(largest) / peak(smallest) <= 1.2, i.e. its memory does not follow the
 number of images. The index step is reported beside it: an exact (Flat) index holds every vector in
 memory by design, so its growth is compared with the raw vectors it holds.
@@ -77,6 +78,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--counts", type=int, nargs="+", default=[2000, 20000], help="collection sizes, in images")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--runtime", default="tensorflow",
+                        help="--runtime of the extract step (default: %(default)s, the runtime of the README's "
+                        "figures; auto would measure every runtime in the first child, once per machine, and count it)")
     smoke = " ".join(map(str, SMOKE_COUNTS))
     parser.add_argument("--smoke", action="store_true", help=f"only check that the script works: --counts {smoke}")
     args = parser.parse_args(argv)
@@ -119,12 +123,12 @@ def folder_mib(folder: Path) -> float:
     return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file()) / 2**20
 
 
-def build(images: Path, artifacts: Path, count: int, batch_size: int) -> Build:
+def build(images: Path, artifacts: Path, count: int, batch_size: int, runtime: str) -> Build:
     """Run the main job's two steps on `images` into the empty folder `artifacts`, and measure each."""
     common = [sys.executable, "-m", "imagesearch"]
     extract = run_measured([
         *common, "extract", "--weights", "random", "--images", str(images), "--artifacts", str(artifacts),
-        "--batch-size", str(batch_size),
+        "--batch-size", str(batch_size), "--runtime", runtime,
     ])
     index = run_measured([*common, "index", "--artifacts", str(artifacts)])
     indexed = len(load_index(index_dir(artifacts))) if extract.returncode == index.returncode == 0 else -1
@@ -205,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             if args.smoke and count == args.counts[0]:
                 print(f"SMOKE RUN (counts {args.counts}): checks that the script works; figures not meaningful")
-            builds.append(build(images, artifacts, count, args.batch_size))
+            builds.append(build(images, artifacts, count, args.batch_size, args.runtime))
     return report(builds, sources, args)
 
 

@@ -23,6 +23,7 @@ from PIL import Image
 
 from .images import ImageLoadError, ImageSource, load_thumbnail
 from .index import Hit
+from .runtimes import Choice
 from .tuning import Candidate
 
 #: The widest a figure gets, in inches, so that it is shown at full size in a notebook: 990 pixels at 100 dpi.
@@ -143,6 +144,35 @@ def plot_recall_speed(
     axis.set_ylim(top=1.02)
     axis.legend(fontsize=8, loc="lower right")
     axis.grid(True, which="both", alpha=0.3)
+    figure.tight_layout()
+    return figure
+
+
+def plot_runtimes(choice: Choice) -> Figure:
+    """What `auto` measured: each runtime's images/s in batches and milliseconds for one image, side by side.
+
+    Bars of runtimes within their fidelity bar are solid, others hatched and
+    labelled; the ones `auto` uses are outlined and named.
+    """
+    names = list(choice.measurements)
+    figure, (batches, single) = plt.subplots(1, 2, figsize=(9, 0.45 * len(names) + 1.3), sharey=True)
+    for axis, field, chosen, label in (
+        (batches, "images_per_second", choice.batch, "images per second, batches of 32 (more is better)"),
+        (single, "latency_ms", choice.query, "milliseconds for one image (less is better)"),
+    ):
+        values = [getattr(choice.measurements[name], field) for name in names]
+        for row, (name, value) in enumerate(zip(names, values)):
+            within = choice.measurements[name].within_bar()
+            axis.barh(row, value, color="tab:blue" if within else "lightgrey", hatch=None if within else "//",
+                      edgecolor="black" if name == chosen else "none", linewidth=2)
+            note = ("  ← auto" if name == chosen else "") + ("" if within else "  outside its fidelity bar")
+            axis.annotate(f" {value:.1f}{note}", (value, row), va="center", fontsize=8)
+        axis.set_xlabel(label, fontsize=9)
+        axis.set_xlim(0, max(values) * 1.6)
+        axis.grid(True, axis="x", alpha=0.3)
+    batches.set_yticks(range(len(names)), names)
+    batches.invert_yaxis()
+    figure.suptitle("ResNet50's runtimes on this CPU, as `auto` measured them", fontsize=10)
     figure.tight_layout()
     return figure
 

@@ -124,9 +124,11 @@ class EmbedderInfo:
         A runtime is within its bar only by measurement: one that was never
         measured on these weights is outside it, never trusted.
         """
-        bar = FIDELITY_BARS.get(self.runtime)
-        if bar is None or self.backbone.startswith("tflite:"):  # the reference, or a model file that is its own
+        if self.runtime == REFERENCE_RUNTIME or self.backbone.startswith("tflite:"):  # a model file is its own
             return None
+        bar = FIDELITY_BARS.get(self.runtime)
+        if bar is None:
+            return f"{self.runtime} is not a runtime this version of imagesearch knows"
         if self.fidelity is None:
             return f"{self.runtime} was not measured against {REFERENCE_RUNTIME}"
         if self._fails():

@@ -99,6 +99,8 @@ class Measurement:
 
     @classmethod
     def from_dict(cls, data: dict) -> Measurement:
+        if data["runtime"] not in RUNTIMES:
+            raise ValueError(f"unknown runtime {data['runtime']!r}")
         fidelity = data.get("fidelity")
         return cls(data["runtime"], Fidelity.from_dict(fidelity) if fidelity else None,
                    data.get("images_per_second"), data.get("latency_ms"), data.get("model_sha256"))
@@ -185,10 +187,10 @@ def make_embedder(
     return _Chooser(weights, seed, images).embedder(runtime, purpose)
 
 
-def remembered(weights: str = "imagenet", seed: int = 0) -> Choice | None:
+def remembered_choice(weights: str = "imagenet", seed: int = 0) -> Choice | None:
     """What `auto` chose on this CPU for these ResNet50 weights, with the measurements, or None if it never ran."""
     key = litert.weights_key(weights, seed)
-    return _choice_of(_Store().entry(key)) if key else None
+    return _Store().entry(key)[0] if key else None
 
 
 class _Chooser:
@@ -211,9 +213,8 @@ class _Chooser:
 
     def embedder(self, runtime: str, purpose: str) -> Embedder:
         store = _Store()
-        entry = store.entry(self.key)
+        choice, measurements = store.entry(self.key)
         if runtime == "auto":
-            choice = _choice_of(entry)
             if choice is not None:
                 runtime = choice.runtime_for(purpose)
                 built = self.build(runtime, choice.measurements[runtime])
@@ -222,8 +223,7 @@ class _Chooser:
             choice, built = self.choose(purpose)
             store.save(self.key, choice.measurements, choice)
             return built
-        remembered = entry.get("runtimes", {}).get(runtime) if entry else None
-        if remembered is not None and (built := self.build(runtime, Measurement.from_dict(remembered))):
+        if runtime in measurements and (built := self.build(runtime, measurements[runtime])):
             return built
         sample, calibration = _sample(self.images)
         [(measured, built)] = self.measure([runtime], sample, calibration, timing=False)
@@ -418,13 +418,6 @@ def _threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def _choice_of(entry: dict | None) -> Choice | None:
-    if not entry or "batch" not in entry:
-        return None
-    measurements = {name: Measurement.from_dict(data) for name, data in entry["runtimes"].items()}
-    return Choice(entry["batch"], entry["query"], measurements)
-
-
 def machine() -> dict:
     """What decides the runtimes' speed and kernels: the CPU, its threads, and the versions of the libraries."""
     model = "unknown CPU"
@@ -462,17 +455,38 @@ class _Store:
                 raise ValueError(f"not a format {FORMAT} file of runtime choices")
             return data
         except (OSError, ValueError, AttributeError) as error:
-            print(f"The remembered runtime choices in {self.path} are unreadable ({error}): measuring again.",
-                  file=sys.stderr)
+            self._unreadable(str(error))
             return {"format": FORMAT, "machines": {}}
 
-    def entry(self, key: str) -> dict | None:
-        return self._read()["machines"].get(self.fingerprint, {}).get("weights", {}).get(key)
+    def entry(self, key: str) -> tuple[Choice | None, dict[str, Measurement]]:
+        """What is remembered for the weights `key` on this machine: auto's choice (or None), and the measurements."""
+        try:
+            raw = self._read()["machines"].get(self.fingerprint, {}).get("weights", {}).get(key)
+            if raw is None:
+                return None, {}
+            measurements = {name: Measurement.from_dict(data) for name, data in raw["runtimes"].items()}
+            if "batch" not in raw:
+                return None, measurements
+            choice = Choice(raw["batch"], raw["query"], measurements)
+            for measured in (measurements[choice.batch], measurements[choice.query]):
+                float(measured.images_per_second), float(measured.latency_ms)  # a choice rests on its timings
+            return choice, measurements
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            self._unreadable(f"{error.__class__.__name__}: {error}")
+            return None, {}
+
+    def _unreadable(self, reason: str) -> None:
+        print(f"The remembered runtime choices in {self.path} are unreadable ({reason}): measuring again.",
+              file=sys.stderr)
 
     def save(self, key: str, measurements: dict[str, Measurement], choice: Choice | None) -> None:
         data = self._read()
-        mine = data["machines"].setdefault(self.fingerprint, {"machine": self.machine, "weights": {}})
-        entry = mine["weights"].setdefault(key, {"runtimes": {}})
+        mine = data["machines"].get(self.fingerprint)
+        if not isinstance(mine, dict) or not isinstance(mine.get("weights"), dict):  # new, or damaged: start afresh
+            mine = data["machines"][self.fingerprint] = {"machine": self.machine, "weights": {}}
+        entry = mine["weights"].get(key)
+        if not isinstance(entry, dict) or not isinstance(entry.get("runtimes"), dict):
+            entry = mine["weights"][key] = {"runtimes": {}}
         entry["runtimes"].update({name: measured.to_dict() for name, measured in measurements.items()})
         if choice is not None:
             entry.update(batch=choice.batch, query=choice.query,

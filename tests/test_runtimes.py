@@ -24,7 +24,14 @@ from imagesearch.extract import extract_embeddings
 from imagesearch.images import list_images, load_image
 from imagesearch.index import build_index
 from imagesearch.query import EmbedderMismatchError, search_image
-from imagesearch.runtimes import RUNTIMES, RuntimeUnavailableError, compare, make_embedder, remembered, unavailable
+from imagesearch.runtimes import (
+    RUNTIMES,
+    RuntimeUnavailableError,
+    compare,
+    make_embedder,
+    remembered_choice,
+    unavailable,
+)
 from imagesearch.storage import ArtifactError
 
 AVAILABLE = [runtime for runtime in RUNTIMES if unavailable(runtime) is None]
@@ -43,7 +50,7 @@ def demo(repo_root) -> tuple[Path, np.ndarray]:
 def choice(demo):
     """What `auto` chose in this session (measured here if no test did before)."""
     make_embedder("resnet50", "random", seed=0, runtime="auto", images=demo[0])
-    chosen = remembered("random", 0)
+    chosen = remembered_choice("random", 0)
     assert chosen is not None
     return chosen
 
@@ -120,7 +127,7 @@ def test_auto_never_picks_a_runtime_that_fails_the_bar(cache_copy, monkeypatch, 
     captured = capsys.readouterr()
     assert "runtimes.json are unreadable" in captured.err and "measuring again" in captured.err
     assert f"{fastest}" in captured.out and "OUTSIDE its bar" in captured.out
-    again = remembered("random", 0)
+    again = remembered_choice("random", 0)
     faithful = {name: m.images_per_second for name, m in again.measurements.items() if name != fastest}
     assert again.batch == embedder.info.runtime == max(faithful, key=faithful.get) != fastest
     assert fastest not in (again.batch, again.query)
@@ -141,7 +148,29 @@ def test_a_conversion_made_again_is_measured_again(cache_copy, choice, capsys):
     assert "is damaged" in captured.err and "converting it again" in captured.err
     assert "litert: cosine >=" in captured.out and "within its bar" in captured.out
     assert embedder.info.outside_bar() is None
-    assert remembered("random", 0) is None  # the choice rested on the old file: auto measures again next time
+    assert remembered_choice("random", 0) is None  # the choice rested on the old file: auto measures again next time
+
+
+@pytest.mark.parametrize("damage", ["not a list of runtimes", "a choice of an unknown runtime", "no timings"])
+def test_remembered_choices_of_the_wrong_shape_are_measured_again(cache_copy, choice, damage, capsys):
+    path = cache_copy / runtimes.CHOICES_FILE
+    data = json.loads(path.read_text())
+    (machine,) = data["machines"].values()
+    entry = machine["weights"][litert.weights_key("random", 0)]
+    if damage == "not a list of runtimes":
+        entry["runtimes"] = [1, 2]
+    elif damage == "a choice of an unknown runtime":
+        entry["batch"] = "tensorflow-fp8"
+    else:
+        entry["runtimes"][entry["query"]]["latency_ms"] = None
+    path.write_text(json.dumps(data))
+    assert remembered_choice("random", 0) is None
+    assert "runtimes.json are unreadable" in capsys.readouterr().err
+    if "litert" in AVAILABLE:  # a forced runtime is measured again, and remembered in a file made whole
+        assert quiet_make("resnet50", "random", seed=0, runtime="litert").info.outside_bar() is None
+        assert "litert: cosine >=" in capsys.readouterr().out
+        quiet_make("resnet50", "random", seed=0, runtime="litert")
+        assert capsys.readouterr().out == ""
 
 
 # --- what may be mixed -----------------------------------------------------------------------------
@@ -184,6 +213,9 @@ def test_runtimes_within_the_bar_mix_and_others_meet_only_their_own():
     assert not base.compatible_with(far) and not int8.compatible_with(far)
     unmeasured = EmbedderInfo("resnet50", "imagenet", 2048, (224, 224), "litert")
     assert "was not measured" in unmeasured.outside_bar() and not base.compatible_with(unmeasured)
+    unknown = EmbedderInfo("resnet50", "imagenet", 2048, (224, 224), "onnx", close)  # a later version's, say
+    assert "not a runtime this version of imagesearch knows" in unknown.outside_bar()
+    assert not base.compatible_with(unknown)
     other_weights = EmbedderInfo("resnet50", "random(seed=0)", 2048, (224, 224), "litert-int8", close)
     assert not int8.compatible_with(other_weights)
 
@@ -303,3 +335,20 @@ def test_make_embedder_rejects_what_it_cannot_build(backbone, runtime, message):
 def test_a_tflite_file_runs_as_stored_on_litert(tflite_model_path):
     embedder = make_embedder("tflite", str(tflite_model_path), runtime="auto")
     assert embedder.info.runtime == "litert" and embedder.info.outside_bar() is None
+
+
+def test_the_runtimes_picture_marks_what_auto_uses_and_what_missed_its_bar():
+    from imagesearch.display import plot_runtimes
+    from imagesearch.runtimes import Choice, Measurement
+
+    measurements = {
+        "tensorflow": Measurement("tensorflow", None, 20.0, 50.0),
+        "litert": Measurement("litert", Fidelity(0.99999, 1.0, 64), 25.0, 40.0, "sha"),
+        "litert-int8": Measurement("litert-int8", Fidelity(0.95, 0.9, 64), 80.0, 12.0, "sha"),
+    }
+    figure = plot_runtimes(Choice("litert", "litert", measurements))
+    batches, single = figure.axes
+    assert [label.get_text() for label in batches.get_yticklabels()] == list(measurements)
+    notes = [text.get_text() for text in batches.texts]
+    assert notes == [" 20.0", " 25.0  ← auto", " 80.0  outside its fidelity bar"]
+    assert [text.get_text() for text in single.texts][1] == " 40.0  ← auto"
