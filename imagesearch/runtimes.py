@@ -246,8 +246,8 @@ class _Chooser:
     def choose(self, purpose: str) -> tuple[Choice, Embedder]:
         """Measure every runtime available here; return what `auto` picks from them and its embedder for `purpose`."""
         runtimes = [runtime for runtime in RUNTIMES if unavailable(runtime) is None]
-        print(f"Choosing the fastest runtime for ResNet50 ({self._info().weights}) on this CPU, once: "
-              f"{', '.join(runtimes)} are measured …", flush=True)
+        print(f"Choosing the fastest runtime for ResNet50 ({self._info().weights}) on this CPU: {', '.join(runtimes)} "
+              "are measured, once (about a minute; later runs reuse it) …", flush=True)
         sample, calibration = _sample(self.images)
         built = self.measure(runtimes, sample, calibration, timing=True)
         measurements = {measured.runtime: measured for measured, _ in built}
