@@ -14,7 +14,7 @@ RUNTIME ?= auto
 # The pretrained model that sits beside the project on our machines (see README: offline weights)
 SHARED_MODEL ?= ../shared/models/mobilenet_v1_1.0_224_quant_embedding_extractor.tflite
 
-.PHONY: install browser demo test lab notebooks figure benchmarks clean
+.PHONY: install browser demo test lab serve notebooks figure benchmarks clean
 
 install: $(VENV)/.installed
 
@@ -52,6 +52,15 @@ lab: install  ## open the notebooks in JupyterLab, with the same settings as `ma
 	IMAGESEARCH_IMAGES="$(abspath $(IMAGES))" IMAGESEARCH_ARTIFACTS="$(abspath $(ARTIFACTS))" \
 	IMAGESEARCH_BACKBONE="$(BACKBONE)" IMAGESEARCH_WEIGHTS="$(LAB_WEIGHTS)" IMAGESEARCH_RUNTIME="$(RUNTIME)" \
 		$(BIN)/jupyter lab $(ALLOW_ROOT) notebooks/
+
+# `make serve` settings: where it listens (127.0.0.1: this machine only, unless you say otherwise)
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+serve: install  ## the search service on http://$(HOST):$(PORT)/ over `make demo`'s artifacts (API docs: /docs)
+	IMAGESEARCH_ARTIFACTS="$(abspath $(ARTIFACTS))" IMAGESEARCH_BACKBONE="$(BACKBONE)" \
+	IMAGESEARCH_WEIGHTS="$(LAB_WEIGHTS)" IMAGESEARCH_RUNTIME="$(RUNTIME)" \
+		$(BIN)/uvicorn imagesearch.service:app --host $(HOST) --port $(PORT)
 
 notebooks: install  ## re-run the notebooks and store their outputs as nbval's expected results
 	$(BIN)/python tests/refresh_notebooks.py

@@ -1,0 +1,222 @@
+"""The search service: FastAPI over the saved collection and index, with the model loaded once.
+
+`make serve` runs it (`uvicorn imagesearch.service:app`, on 127.0.0.1), on the
+artifacts folder named by $IMAGESEARCH_ARTIFACTS (default `artifacts`), with
+the backbone, weights and runtime of `make demo` ($IMAGESEARCH_BACKBONE,
+$IMAGESEARCH_WEIGHTS, $IMAGESEARCH_RUNTIME). Every endpoint calls the same
+functions as the notebooks and the CLI (`load_index`, `search_image`,
+`search_indexed`, `thumbnail_jpeg`); nothing here searches on its own.
+
+Live updates: before each request the service looks at the index's metadata
+file, which every save replaces atomically; when it has changed, the new
+index is opened (memory-mapped where FAISS allows) and swapped in under a
+lock. A request keeps the state it started with to the end, so none sees half
+of a change. An index that cannot be opened (the collection moved on and the
+index was not updated yet) leaves the service on the state it has, and
+/health says why.
+
+Handlers are plain functions, which FastAPI runs in its thread pool: the
+model and FAISS never block the event loop, and /health answers while
+searches run.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import FastAPI, File, HTTPException, Query, UploadFile
+from fastapi.responses import FileResponse, Response
+
+from .display import thumbnail_jpeg
+from .embedders import Embedder
+from .errors import UserFacingError
+from .images import ImageLoadError
+from .index import SearchIndex, load_index
+from .index_files import METADATA_FILE
+from .query import search_image, search_indexed
+from .runtimes import make_embedder
+from .storage import index_dir
+
+#: The most neighbours one request may ask for.
+MAX_K = 100
+#: The largest upload accepted, in bytes (a 24-megapixel JPEG is well under it).
+MAX_UPLOAD_BYTES = 20 * 2**20
+#: How many neighbours: a query parameter from 1 to MAX_K.
+K = Annotated[int, Query(ge=1, le=MAX_K, description="how many neighbours")]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where the service reads from, and with which model; `from_environment` reads the IMAGESEARCH_* variables."""
+
+    artifacts: Path
+    backbone: str = "resnet50"
+    weights: str = "imagenet"
+    runtime: str | None = None  # None: $IMAGESEARCH_RUNTIME, else auto (for single queries)
+    max_upload_bytes: int = MAX_UPLOAD_BYTES
+
+    @classmethod
+    def from_environment(cls) -> Settings:
+        return cls(
+            artifacts=Path(os.environ.get("IMAGESEARCH_ARTIFACTS", "artifacts")),
+            backbone=os.environ.get("IMAGESEARCH_BACKBONE", "resnet50"),
+            weights=os.environ.get("IMAGESEARCH_WEIGHTS", "imagenet"),
+        )
+
+
+@dataclass
+class Service:
+    """The model, and the index currently served, swapped for a newer one when a save lands."""
+
+    settings: Settings
+    search_index: SearchIndex = field(init=False)
+    embedder: Embedder = field(init=False)
+    stale: str | None = None  # why the newest index on disk is not the one served, if it is not
+    _seen: tuple[int, int, int] | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self):
+        self.search_index = load_index(index_dir(self.settings.artifacts))
+        self._seen = self._stamp()
+        self.embedder = make_embedder(self.settings.backbone, self.settings.weights, runtime=self.settings.runtime,
+                                      purpose="query", images=self.search_index.image_root)
+
+    def current(self) -> SearchIndex:
+        """The newest index that opens, loaded once per save; the caller keeps it for its whole request."""
+        stamp = self._stamp()
+        if stamp == self._seen:
+            return self.search_index
+        with self._lock:
+            if stamp != self._seen:  # another request may have swapped meanwhile
+                try:
+                    self.search_index, self.stale = load_index(index_dir(self.settings.artifacts)), None
+                except (UserFacingError, OSError) as error:  # keep serving what we have; /health says why
+                    self.stale = str(error)
+                self._seen = stamp
+        return self.search_index
+
+    def _stamp(self) -> tuple[int, int, int] | None:
+        """Identifies one save of the index: every save replaces its metadata file (a new inode) atomically."""
+        try:
+            status = os.stat(index_dir(self.settings.artifacts) / METADATA_FILE)
+        except OSError:
+            return None
+        return status.st_ino, status.st_mtime_ns, status.st_size
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The application; the model and index load when it starts (with `settings`, else from the environment)."""
+    holder: dict[str, Service] = {}
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        holder["service"] = Service(settings or Settings.from_environment())
+        yield
+        holder.clear()
+
+    app = FastAPI(
+        title="imagesearch", lifespan=lifespan,
+        description="Reverse image search over a saved collection: upload an image, get the nearest indexed images.",
+    )
+
+    def service() -> Service:
+        return holder["service"]
+
+    @app.get("/health")
+    def health() -> dict:
+        """Whether the service is up, and whether the index it serves is the newest one on disk."""
+        current = service().current()
+        return {"status": "ok" if service().stale is None else "stale", "images": len(current),
+                "stale": service().stale}
+
+    @app.get("/stats")
+    def stats() -> dict:
+        """The model, the index and the collection being served."""
+        current = service().current()
+        info, tuning = current.embedder, current.tuning
+        version = current.collection
+        return {
+            "backbone": info.backbone, "weights": info.weights, "runtime": service().embedder.info.runtime,
+            "collection_runtime": info.runtime, "dimension": info.dim, "metric": current.metric,
+            "index": current.factory, "exact": current.structure.exact, "images": len(current),
+            "recall_at_10": tuning.recall if tuning is not None and not current.structure.exact else None,
+            "collection_version": version.version if version else None,
+            "committed": _modified(version.directory) if version else None,
+        }
+
+    @app.post("/search")
+    def search(file: Annotated[UploadFile, File(description="the image to search with")], k: K = 5) -> dict:
+        """The k indexed images nearest to an uploaded image."""
+        data = file.file.read(service().settings.max_upload_bytes + 1)
+        if len(data) > service().settings.max_upload_bytes:
+            raise HTTPException(413, f"the upload is over {service().settings.max_upload_bytes // 2**20} MiB")
+        current = service().current()
+        start = time.perf_counter()
+        try:
+            hits = search_image(current, service().embedder, data, k)
+        except ImageLoadError as error:
+            raise HTTPException(415, str(error)) from None
+        return _results(current, hits, start)
+
+    @app.get("/images/{image_id}/neighbours")
+    def neighbours(image_id: int, k: K = 5) -> dict:
+        """The k indexed images nearest to an indexed one (itself left out)."""
+        current = service().current()
+        start = time.perf_counter()
+        return _results(current, search_indexed(current, _path(current, image_id), k), start)
+
+    @app.get("/images/{image_id}", response_class=FileResponse)
+    def image(image_id: int) -> FileResponse:
+        """An indexed image's file, as stored."""
+        current = service().current()
+        path = Path(current.image_root) / _path(current, image_id)
+        if not path.is_file():
+            raise HTTPException(404, f"image {image_id} is indexed but its file is gone")
+        return FileResponse(path)
+
+    @app.get("/images/{image_id}/thumbnail")
+    def thumbnail(image_id: int, size: Annotated[int, Query(ge=16, le=512)] = 200) -> Response:
+        """An indexed image scaled down to at most `size` pixels a side, as JPEG."""
+        current = service().current()
+        try:
+            jpeg = thumbnail_jpeg(Path(current.image_root) / _path(current, image_id), size)
+        except ImageLoadError as error:
+            raise HTTPException(404, f"image {image_id} cannot be read now: {error}") from None
+        return Response(jpeg, media_type="image/jpeg")
+
+    return app
+
+
+def _path(current: SearchIndex, image_id: int) -> str:
+    try:
+        return current.path_of(image_id)
+    except KeyError:
+        raise HTTPException(404, f"no image has id {image_id}") from None
+
+
+def _results(current: SearchIndex, hits, start: float) -> dict:
+    return {
+        "results": [{"rank": hit.rank, "id": current.id_of(hit.path), "path": hit.path, "distance": hit.distance}
+                    for hit in hits],
+        "milliseconds": round((time.perf_counter() - start) * 1e3, 2),
+    }
+
+
+def _modified(directory: Path) -> str | None:
+    from datetime import UTC, datetime
+
+    try:
+        seconds = max(path.stat().st_mtime for path in Path(directory).glob("manifest*.json"))
+    except (OSError, ValueError):
+        return None
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds")
+
+
+#: What `uvicorn imagesearch.service:app` serves.
+app = create_app()
