@@ -22,6 +22,9 @@ searches run.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import io
 import os
 import threading
 import time
@@ -30,23 +33,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import FastAPI, File, HTTPException, Query, UploadFile
+from fastapi import Depends, FastAPI, File, Header, HTTPException, Query, UploadFile
 from fastapi.responses import FileResponse, Response
+from PIL import Image
 
+from .collection import load_embeddings, load_previous_embeddings, save_embeddings
 from .display import thumbnail_jpeg
 from .embedders import Embedder
 from .errors import UserFacingError
-from .images import ImageLoadError
-from .index import SearchIndex, load_index
+from .extract import extract_embeddings
+from .images import ImageLoadError, open_rgb
+from .index import SearchIndex, build_index, load_index, load_previous_index, save_index
 from .index_files import METADATA_FILE
 from .query import search_image, search_indexed
 from .runtimes import make_embedder
-from .storage import index_dir
+from .storage import FolderBusyError, atomic_path, embeddings_dir, exclusive, index_dir
 
 #: The most neighbours one request may ask for.
 MAX_K = 100
 #: The largest upload accepted, in bytes (a 24-megapixel JPEG is well under it).
 MAX_UPLOAD_BYTES = 20 * 2**20
+#: The environment variable whose value turns on adding and removing images, and must be presented to do so.
+TOKEN_ENV = "IMAGESEARCH_TOKEN"
+#: Where uploaded images go, under the collection's image folder; removed ones are moved under the artifacts.
+UPLOADS, REMOVED = "uploads", "removed"
 #: How many neighbours: a query parameter from 1 to MAX_K.
 K = Annotated[int, Query(ge=1, le=MAX_K, description="how many neighbours")]
 
@@ -60,6 +70,7 @@ class Settings:
     weights: str = "imagenet"
     runtime: str | None = None  # None: $IMAGESEARCH_RUNTIME, else auto (for single queries)
     max_upload_bytes: int = MAX_UPLOAD_BYTES
+    token: str | None = None  # what POST and DELETE /images must present; None: changes are off
 
     @classmethod
     def from_environment(cls) -> Settings:
@@ -67,6 +78,7 @@ class Settings:
             artifacts=Path(os.environ.get("IMAGESEARCH_ARTIFACTS", "artifacts")),
             backbone=os.environ.get("IMAGESEARCH_BACKBONE", "resnet50"),
             weights=os.environ.get("IMAGESEARCH_WEIGHTS", "imagenet"),
+            token=os.environ.get(TOKEN_ENV) or None,
         )
 
 
@@ -80,6 +92,7 @@ class Service:
     stale: str | None = None  # why the newest index on disk is not the one served, if it is not
     _seen: tuple[int, int, int] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _changing: threading.Lock = field(default_factory=threading.Lock)  # one change at a time, in arrival order
 
     def __post_init__(self):
         self.search_index = load_index(index_dir(self.settings.artifacts))
@@ -100,6 +113,41 @@ class Service:
                     self.stale = str(error)
                 self._seen = stamp
         return self.search_index
+
+    def change(self, add: list[tuple[str, bytes]] = (), remove: list[int] = ()) -> dict:
+        """Add uploaded images to the collection's folder, or move indexed ones out of it, then embed, save and
+        update the index as `python -m imagesearch build` does; one change at a time. Returns the ids changed."""
+        with self._changing:
+            current = self.current()
+            root = Path(current.image_root)
+            written = []
+            for name, data in add:
+                path = root / UPLOADS / name
+                path.parent.mkdir(parents=True, exist_ok=True)
+                if not path.exists():
+                    with atomic_path(path) as temporary:
+                        temporary.write_bytes(data)
+                written.append(path.relative_to(root).as_posix())
+            removed = []
+            for image_id in remove:
+                relative = current.path_of(image_id)
+                kept = self.settings.artifacts / REMOVED / relative  # moved aside, never deleted: nothing is lost
+                kept.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    os.replace(root / relative, kept)
+                except FileNotFoundError:  # gone already: the extraction below sees it gone
+                    pass
+                removed.append(image_id)
+            folder = embeddings_dir(self.settings.artifacts)
+            embeddings = extract_embeddings(root, self.embedder, 32, previous=load_previous_embeddings(folder),
+                                            progress=False, checkpoint_dir=folder)
+            embeddings = save_embeddings(embeddings, folder)
+            with exclusive(folder):
+                previous = load_previous_index(index_dir(self.settings.artifacts), load_embeddings(folder))
+                updated = build_index(embeddings, current.factory, previous=previous, metric=current.metric)
+            save_index(updated, index_dir(self.settings.artifacts))
+            served = self.current()
+            return {"added": [served.id_of(path) for path in written], "removed": removed, "images": len(served)}
 
     def _stamp(self) -> tuple[int, int, int] | None:
         """Identifies one save of the index: every save replaces its metadata file (a new inode) atomically."""
@@ -190,7 +238,54 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise HTTPException(404, f"image {image_id} cannot be read now: {error}") from None
         return Response(jpeg, media_type="image/jpeg")
 
+    def authorised(authorization: Annotated[str | None, Header()] = None) -> None:
+        expected = service().settings.token
+        if expected is None:
+            raise HTTPException(403, f"adding and removing images is off: start the service with {TOKEN_ENV} set")
+        if authorization is None:
+            raise HTTPException(401, "this needs the service's token: send the header 'Authorization: Bearer TOKEN'",
+                                headers={"WWW-Authenticate": "Bearer"})
+        scheme, _, given = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), expected.encode()):
+            raise HTTPException(403, "wrong token")
+
+    @app.post("/images", dependencies=[Depends(authorised)])
+    def add_images(files: Annotated[list[UploadFile], File(description="one or more images to add")]) -> dict:
+        """Add images to the collection: each is checked, saved under uploads/ in the image folder, embedded and
+        indexed; the answer has their ids. All or none: one bad file refuses the request."""
+        uploads = []
+        for upload in files:
+            data = upload.file.read(service().settings.max_upload_bytes + 1)
+            if len(data) > service().settings.max_upload_bytes:
+                raise HTTPException(413, f"{upload.filename}: over {service().settings.max_upload_bytes // 2**20} MiB")
+            try:
+                open_rgb(data).close()  # decodes, as extraction will: what fails here would be skipped there
+            except ImageLoadError as error:
+                raise HTTPException(415, f"{upload.filename}: {error}") from None
+            with Image.open(io.BytesIO(data)) as image:
+                suffix = _SUFFIXES.get(image.format or "", ".img")
+            uploads.append((hashlib.sha256(data).hexdigest()[:20] + suffix, data))
+        return _changed(lambda: service().change(add=uploads))
+
+    @app.delete("/images/{image_id}", dependencies=[Depends(authorised)])
+    def remove_image(image_id: int) -> dict:
+        """Remove an image from the collection: its file is moved out of the image folder (to removed/ in the
+        artifacts, not deleted), and the collection and index are updated."""
+        _path(service().current(), image_id)  # 404 for an unknown id, before anything moves
+        return _changed(lambda: service().change(remove=[image_id]))
+
     return app
+
+
+#: File name endings for what Pillow says an upload is.
+_SUFFIXES = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "WEBP": ".webp", "BMP": ".bmp", "TIFF": ".tif"}
+
+
+def _changed(change) -> dict:
+    try:
+        return change()
+    except FolderBusyError as error:
+        raise HTTPException(409, f"another run is changing the collection now ({error}); try again") from None
 
 
 def _path(current: SearchIndex, image_id: int) -> str:

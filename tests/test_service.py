@@ -188,3 +188,61 @@ def test_a_new_save_is_served_without_a_restart_and_no_search_fails_meanwhile(cl
     assert found["path"] == "noise__new.png" and client.get(f"/images/{found['id']}").status_code == 200
     (images / "noise__new.png").unlink()
     update(images, artifacts, random_resnet)
+
+
+# --- changes: adding and removing images, with the token -----------------------------------------------
+
+TOKEN = "s3cret-token"
+
+
+@pytest.fixture(scope="module")
+def writer(tmp_path_factory, collection):
+    """A second service, with changes on (a token), over its own copy of the collection."""
+    images, artifacts = collection
+    root = tmp_path_factory.mktemp("writable")
+    shutil.copytree(images, root / "images")
+    settings = Settings(root / "artifacts", weights="random", runtime="tensorflow", token=TOKEN)
+    yield root, settings
+
+
+def noise_png(seed: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (90, 120, 3), dtype=np.uint8)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_changes_are_off_without_a_token_configured(client):
+    answer = client.post("/images", files={"files": ("a.png", noise_png(1))})
+    assert answer.status_code == 403 and "IMAGESEARCH_TOKEN" in answer.text
+    assert client.delete("/images/0").status_code == 403
+
+
+def test_images_are_added_and_removed_with_the_token_and_found_at_once(writer, random_resnet):
+    root, settings = writer
+    update(root / "images", settings.artifacts, random_resnet)
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    with pytest.warns(UserWarning), Server(settings) as client:
+        files = [("files", ("one.png", noise_png(1))), ("files", ("two.png", noise_png(2)))]
+        assert client.post("/images", files=files).status_code == 401
+        assert client.post("/images", files=files, headers={"Authorization": "Bearer nope"}).status_code == 403
+        bad = [*files, ("files", ("notes.jpg", b"not an image"))]
+        refused = client.post("/images", files=bad, headers=bearer)
+        assert refused.status_code == 415 and "notes.jpg" in refused.text
+        assert client.get("/health").json()["images"] == 21  # all or none
+
+        added = client.post("/images", files=files, headers=bearer)
+        assert added.status_code == 200, added.text
+        ids = added.json()["added"]
+        assert len(ids) == 2 and added.json()["images"] == 23
+        found = upload(client, noise_png(2), k=1).json()["results"][0]
+        assert found["id"] == ids[1] and found["path"].startswith("uploads/")
+        again = client.post("/images", files=files[:1], headers=bearer).json()  # the same bytes: the same image
+        assert again["added"] == ids[:1] and again["images"] == 23
+
+        assert client.delete("/images/999999", headers=bearer).status_code == 404
+        path = client.get(f"/images/{ids[0]}/neighbours", params={"k": 1}).status_code
+        assert path == 200
+        gone = client.delete(f"/images/{ids[0]}", headers=bearer)
+        assert gone.json() == {"added": [], "removed": [ids[0]], "images": 22}
+        assert client.get(f"/images/{ids[0]}").status_code == 404
+        assert list((settings.artifacts / "removed" / "uploads").iterdir())  # moved aside, not deleted
