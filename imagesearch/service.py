@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 from fastapi import Depends, FastAPI, File, Header, HTTPException, Query, UploadFile
 from fastapi.responses import FileResponse, Response
 from PIL import Image
@@ -53,6 +54,8 @@ from .storage import FolderBusyError, atomic_path, embeddings_dir, exclusive, in
 MAX_K = 100
 #: The largest upload accepted, in bytes (a 24-megapixel JPEG is well under it).
 MAX_UPLOAD_BYTES = 20 * 2**20
+#: The web page the service serves at /.
+PAGE = Path(__file__).with_name("static") / "index.html"
 #: The environment variable whose value turns on adding and removing images, and must be presented to do so.
 TOKEN_ENV = "IMAGESEARCH_TOKEN"
 #: Where uploaded images go, under the collection's image folder; removed ones are moved under the artifacts.
@@ -99,6 +102,8 @@ class Service:
         self._seen = self._stamp()
         self.embedder = make_embedder(self.settings.backbone, self.settings.weights, runtime=self.settings.runtime,
                                       purpose="query", images=self.search_index.image_root)
+        width, height = self.embedder.info.input_size
+        self.embedder.embed(np.zeros((1, height, width, 3), np.uint8))  # warm: the first search is not the slow one
 
     def current(self) -> SearchIndex:
         """The newest index that opens, loaded once per save; the caller keeps it for its whole request."""
@@ -211,6 +216,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         except ImageLoadError as error:
             raise HTTPException(415, str(error)) from None
         return _results(current, hits, start)
+
+    @app.get("/", response_class=FileResponse, include_in_schema=False)
+    def page() -> FileResponse:
+        """The web page: search by dropping an image, browse the collection, add images with the token."""
+        return FileResponse(PAGE, media_type="text/html")
+
+    @app.get("/images")
+    def list_images(offset: Annotated[int, Query(ge=0)] = 0, limit: Annotated[int, Query(ge=1, le=500)] = 60) -> dict:
+        """A page of the indexed images, by path: ids and paths, and how many there are in all."""
+        current = service().current()
+        ids, paths = current.ids[offset : offset + limit], current.records.path_array[offset : offset + limit]
+        return {"total": len(current),
+                "images": [{"id": int(i), "path": path} for i, path in zip(ids.tolist(), paths.to_pylist())]}
 
     @app.get("/images/{image_id}/neighbours")
     def neighbours(image_id: int, k: K = 5) -> dict:
