@@ -35,6 +35,7 @@ from typing import Annotated
 
 import numpy as np
 from fastapi import Depends, FastAPI, File, Header, HTTPException, Query, UploadFile
+from fastapi import Path as PathParameter
 from fastapi.responses import FileResponse, Response
 from PIL import Image
 
@@ -60,6 +61,8 @@ PAGE = Path(__file__).with_name("static") / "index.html"
 TOKEN_ENV = "IMAGESEARCH_TOKEN"
 #: Where uploaded images go, under the collection's image folder; removed ones are moved under the artifacts.
 UPLOADS, REMOVED = "uploads", "removed"
+#: An image's id in a path: ids are int64, from 0.
+ImageId = Annotated[int, PathParameter(ge=0, le=2**63 - 1, description="the image's id, as results give it")]
 #: How many neighbours: a query parameter from 1 to MAX_K.
 K = Annotated[int, Query(ge=1, le=MAX_K, description="how many neighbours")]
 
@@ -231,14 +234,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "images": [{"id": int(i), "path": path} for i, path in zip(ids.tolist(), paths.to_pylist())]}
 
     @app.get("/images/{image_id}/neighbours")
-    def neighbours(image_id: int, k: K = 5) -> dict:
+    def neighbours(image_id: ImageId, k: K = 5) -> dict:
         """The k indexed images nearest to an indexed one (itself left out)."""
         current = service().current()
         start = time.perf_counter()
         return _results(current, search_indexed(current, _path(current, image_id), k), start)
 
     @app.get("/images/{image_id}", response_class=FileResponse)
-    def image(image_id: int) -> FileResponse:
+    def image(image_id: ImageId) -> FileResponse:
         """An indexed image's file, as stored."""
         current = service().current()
         path = Path(current.image_root) / _path(current, image_id)
@@ -247,7 +250,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return FileResponse(path)
 
     @app.get("/images/{image_id}/thumbnail")
-    def thumbnail(image_id: int, size: Annotated[int, Query(ge=16, le=512)] = 200) -> Response:
+    def thumbnail(image_id: ImageId, size: Annotated[int, Query(ge=16, le=512)] = 200) -> Response:
         """An indexed image scaled down to at most `size` pixels a side, as JPEG."""
         current = service().current()
         try:
@@ -286,7 +289,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return _changed(lambda: service().change(add=uploads))
 
     @app.delete("/images/{image_id}", dependencies=[Depends(authorised)])
-    def remove_image(image_id: int) -> dict:
+    def remove_image(image_id: ImageId) -> dict:
         """Remove an image from the collection: its file is moved out of the image folder (to removed/ in the
         artifacts, not deleted), and the collection and index are updated."""
         _path(service().current(), image_id)  # 404 for an unknown id, before anything moves

@@ -138,7 +138,8 @@ def test_images_are_served_by_id_whole_and_as_thumbnails(client, collection):
     (lambda c: c.post("/search"), 422, "Field required"),
     (lambda c: c.get("/search"), 405, "Method Not Allowed"),
     (lambda c: c.get("/images/999999"), 404, "no image has id 999999"),
-    (lambda c: c.get("/images/-1/thumbnail"), 404, "no image has id -1"),
+    (lambda c: c.get("/images/-1/thumbnail"), 422, "greater than or equal to 0"),
+    (lambda c: c.get(f"/images/{2**64}"), 422, "less than or equal to 9223372036854775807"),
     (lambda c: c.get("/images/..%2F..%2Fetc%2Fpasswd"), 404, "Not Found"),  # by id only, never by path
     (lambda c: c.get("/images/0/neighbours", params={"k": 1000}), 422, "less than or equal to 100"),
 ])
