@@ -21,6 +21,7 @@ import os
 import random
 import re
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
@@ -264,10 +265,15 @@ class TFLiteEmbedder:
             raise ValueError(f"{path} maps {width}x{height} images to {dim}-d vectors, not as {info} says")
         self.info = info
         self._batch = int(self._input["shape"][0])
+        self._lock = threading.Lock()  # one interpreter, one set of tensors: calls from threads take turns
 
     def embed(self, images: np.ndarray) -> np.ndarray:
-        """Map a `(n, height, width, 3)` uint8 batch to `(n, dim)` float32 embeddings."""
+        """Map a `(n, height, width, 3)` uint8 batch to `(n, dim)` float32 embeddings; safe to call from threads."""
         _check_batch(images, self.info)
+        with self._lock:
+            return self._invoke(images)
+
+    def _invoke(self, images: np.ndarray) -> np.ndarray:
         if len(images) != self._batch:
             self._interpreter.resize_tensor_input(self._input["index"], [len(images), *images.shape[1:]])
             self._interpreter.allocate_tensors()

@@ -149,3 +149,15 @@ def test_tflite_embedder_gives_float32_1024_vectors_batched_as_one_by_one(tflite
     assert batched.dtype == np.float32
     assert np.array_equal(batched, one_by_one)
     assert not np.array_equal(batched[0], batched[1])
+
+
+def test_tflite_embedder_is_safe_to_call_from_threads(tflite_embedder):
+    """One interpreter holds one set of tensors: calls from threads (a service's pool) must take turns."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    batches = [np.random.default_rng(seed).integers(0, 256, (1 + seed % 3, 224, 224, 3), np.uint8)
+               for seed in range(24)]
+    expected = [tflite_embedder.embed(batch) for batch in batches]
+    with ThreadPoolExecutor(4) as pool:
+        actual = list(pool.map(tflite_embedder.embed, batches))
+    assert all(np.array_equal(a, e) for a, e in zip(actual, expected))
