@@ -51,7 +51,13 @@ def test_the_page_searches_by_upload_by_click_and_finds_an_added_image(served, t
         assert re.fullmatch(r"6 nearest images in [\d.]+ ms", page.locator("#status").inner_text())
         page.wait_for_function("[...document.querySelectorAll('#results img')].every(i => i.naturalWidth > 0)")
         if folder := os.environ.get(SCREENSHOTS):
-            page.screenshot(path=os.path.join(folder, "service_page.png"))
+            page.screenshot(path=os.path.join(folder, "service_page.jpg"), type="jpeg", quality=85)
+
+        page.set_viewport_size({"width": 390, "height": 800})  # a phone: the grid reflows, nothing scrolls sideways
+        assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+        columns = page.evaluate("getComputedStyle(document.getElementById('results')).gridTemplateColumns")
+        assert len(columns.split()) == 2, columns
+        page.set_viewport_size({"width": 1100, "height": 900})
 
         second = tiles(page)[1]
         page.locator("#results .tile").nth(1).click()
