@@ -139,7 +139,7 @@ class Service:
             removed = []
             for image_id in remove:
                 relative = current.path_of(image_id)
-                kept = self.settings.artifacts / REMOVED / relative  # moved aside, never deleted: nothing is lost
+                kept = _unused(self.settings.artifacts / REMOVED / relative)  # moved aside, never deleted
                 kept.parent.mkdir(parents=True, exist_ok=True)
                 try:
                     os.replace(root / relative, kept)
@@ -307,6 +307,15 @@ def _changed(change) -> dict:
         return change()
     except FolderBusyError as error:
         raise HTTPException(409, f"another run is changing the collection now ({error}); try again") from None
+
+
+def _unused(path: Path) -> Path:
+    """`path`, or `name.2.ext`, `name.3.ext`… where a file of that name was set aside before."""
+    candidate, number = path, 1
+    while candidate.exists():
+        number += 1
+        candidate = path.with_name(f"{path.stem}.{number}{path.suffix}")
+    return candidate
 
 
 def _path(current: SearchIndex, image_id: int) -> str:

@@ -247,3 +247,8 @@ def test_images_are_added_and_removed_with_the_token_and_found_at_once(writer, r
         assert gone.json() == {"added": [], "removed": [ids[0]], "images": 22}
         assert client.get(f"/images/{ids[0]}").status_code == 404
         assert list((settings.artifacts / "removed" / "uploads").iterdir())  # moved aside, not deleted
+
+        # Added again and removed again: the first copy set aside is kept, beside the second.
+        again = client.post("/images", files=files[:1], headers=bearer).json()["added"][0]
+        assert client.delete(f"/images/{again}", headers=bearer).status_code == 200
+        assert len(list((settings.artifacts / "removed" / "uploads").iterdir())) == 2
