@@ -39,6 +39,7 @@ from fastapi import Path as PathParameter
 from fastapi.responses import FileResponse, Response
 from PIL import Image
 
+from .ann import IndexSpecError, SearchParams
 from .collection import load_embeddings, load_previous_embeddings, save_embeddings
 from .display import thumbnail_jpeg
 from .embedders import Embedder
@@ -63,6 +64,11 @@ TOKEN_ENV = "IMAGESEARCH_TOKEN"
 UPLOADS, REMOVED = "uploads", "removed"
 #: An image's id in a path: ids are int64, from 0.
 ImageId = Annotated[int, PathParameter(ge=0, le=2**63 - 1, description="the image's id, as results give it")]
+#: Search parameters a request may set, and the most each may be (nprobe: the index's lists, checked per index).
+PARAMETER_LIMITS = {"efSearch": 4096, "k_factor": 64}
+#: Search parameters for one request: FAISS' ParameterSpace syntax, bounded.
+Params = Annotated[str | None, Query(max_length=100, description="search parameters, e.g. nprobe=32,k_factor=8 "
+                                     "(an approximate index's; see /stats)")]
 #: How many neighbours: a query parameter from 1 to MAX_K.
 K = Annotated[int, Query(ge=1, le=MAX_K, description="how many neighbours")]
 
@@ -207,15 +213,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         }
 
     @app.post("/search")
-    def search(file: Annotated[UploadFile, File(description="the image to search with")], k: K = 5) -> dict:
+    def search(file: Annotated[UploadFile, File(description="the image to search with")], k: K = 5,
+               params: Params = None) -> dict:
         """The k indexed images nearest to an uploaded image."""
         data = file.file.read(service().settings.max_upload_bytes + 1)
         if len(data) > service().settings.max_upload_bytes:
             raise HTTPException(413, f"the upload is over {service().settings.max_upload_bytes // 2**20} MiB")
         current = service().current()
+        checked = _params(current, params)
         start = time.perf_counter()
         try:
-            hits = search_image(current, service().embedder, data, k)
+            hits = search_image(current, service().embedder, data, k, params=checked)
         except ImageLoadError as error:
             raise HTTPException(415, str(error)) from None
         return _results(current, hits, start)
@@ -234,11 +242,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "images": [{"id": int(i), "path": path} for i, path in zip(ids.tolist(), paths.to_pylist())]}
 
     @app.get("/images/{image_id}/neighbours")
-    def neighbours(image_id: ImageId, k: K = 5) -> dict:
+    def neighbours(image_id: ImageId, k: K = 5, params: Params = None) -> dict:
         """The k indexed images nearest to an indexed one (itself left out)."""
         current = service().current()
+        checked = _params(current, params)
         start = time.perf_counter()
-        return _results(current, search_indexed(current, _path(current, image_id), k), start)
+        return _results(current, search_indexed(current, _path(current, image_id), k, params=checked), start)
 
     @app.get("/images/{image_id}", response_class=FileResponse)
     def image(image_id: ImageId) -> FileResponse:
@@ -307,6 +316,21 @@ def _changed(change) -> dict:
         return change()
     except FolderBusyError as error:
         raise HTTPException(409, f"another run is changing the collection now ({error}); try again") from None
+
+
+def _params(current: SearchIndex, text: str | None) -> SearchParams | None:
+    """A request's search parameters, checked against the index and PARAMETER_LIMITS; 422 with the reason if not."""
+    if not text:
+        return None
+    try:
+        params = SearchParams.parse(text)
+        current.params.merged(params).check(current.structure)
+    except IndexSpecError as error:
+        raise HTTPException(422, str(error)) from None
+    for name, most in PARAMETER_LIMITS.items():
+        if (value := params.get(name)) is not None and value > most:
+            raise HTTPException(422, f"{name}={value} is more than this service allows ({most})")
+    return params
 
 
 def _unused(path: Path) -> Path:

@@ -142,6 +142,9 @@ def test_images_are_served_by_id_whole_and_as_thumbnails(client, collection):
     (lambda c: c.get(f"/images/{2**64}"), 422, "less than or equal to 9223372036854775807"),
     (lambda c: c.get("/images/..%2F..%2Fetc%2Fpasswd"), 404, "Not Found"),  # by id only, never by path
     (lambda c: c.get("/images/0/neighbours", params={"k": 1000}), 422, "less than or equal to 100"),
+    (lambda c: c.get("/images/0/neighbours", params={"params": "nprobe=8"}), 422, "index takes no nprobe"),
+    (lambda c: c.get("/images/0/neighbours", params={"params": "rm -rf"}), 422, "cannot read the search parameter"),
+    (lambda c: c.get("/images/0/neighbours", params={"params": "9" * 200}), 422, "at most 100 characters"),
 ])
 def test_bad_requests_get_a_clear_client_error(client, request_, status, detail):
     answer = request_(client)
@@ -252,3 +255,23 @@ def test_images_are_added_and_removed_with_the_token_and_found_at_once(writer, r
         again = client.post("/images", files=files[:1], headers=bearer).json()["added"][0]
         assert client.delete(f"/images/{again}", headers=bearer).status_code == 200
         assert len(list((settings.artifacts / "removed" / "uploads").iterdir())) == 2
+
+
+def test_search_parameters_are_checked_against_the_index_and_bounded():
+    from fastapi import HTTPException
+
+    from imagesearch.collection import Embeddings
+    from imagesearch.embedders import EmbedderInfo
+    from imagesearch.records import ImageRecord
+    from imagesearch.service import _params
+
+    vectors = np.random.default_rng(0).standard_normal((60, 8)).astype(np.float32)
+    records = [ImageRecord(i, f"{i:03d}.jpg", 0, 0, f"{i:064x}") for i in range(60)]
+    index = build_index(Embeddings(vectors, records, EmbedderInfo("test", "none", 8, (224, 224)), "root"), "HNSW32")
+    assert str(_params(index, "efSearch=64")) == "efSearch=64"
+    assert _params(index, None) is None
+    for text, reason in [("efSearch=5000", "more than this service allows (4096)"), ("nprobe=4", "takes no nprobe"),
+                         ("k_factor=4", "takes no k_factor"), ("efSearch=0", "at least 1")]:
+        with pytest.raises(HTTPException) as caught:
+            _params(index, text)
+        assert caught.value.status_code == 422 and reason in caught.value.detail, caught.value.detail
