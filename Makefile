@@ -58,6 +58,8 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 
 serve: install  ## the search service on http://$(HOST):$(PORT)/ over `make demo`'s artifacts (API docs: /docs)
+	@test -f "$(ARTIFACTS)/index/index.json" || { echo "No index in $(ARTIFACTS)/ to serve: run \`make demo\` first \
+	(with the same WEIGHTS), or pass ARTIFACTS=folder" >&2; exit 2; }
 	IMAGESEARCH_ARTIFACTS="$(abspath $(ARTIFACTS))" IMAGESEARCH_BACKBONE="$(BACKBONE)" \
 	IMAGESEARCH_WEIGHTS="$(LAB_WEIGHTS)" IMAGESEARCH_RUNTIME="$(RUNTIME)" \
 		$(BIN)/uvicorn imagesearch.service:app --host $(HOST) --port $(PORT)
