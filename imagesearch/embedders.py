@@ -198,12 +198,9 @@ class ResNet50Embedder:
         tf = import_tensorflow()
         import keras
 
-        if weights == "random":  # `runtimes.make_embedder` warns that these are only good for the mechanics
-            keras_weights, label = None, f"random(seed={seed})"
-        elif weights == "imagenet":
-            keras_weights, label = "imagenet", "imagenet"
-        else:
-            keras_weights, label = _local_file(weights), _file_label(weights)
+        # For "random", `runtimes.make_embedder` warns that these are only good for the mechanics.
+        keras_weights = None if weights == "random" else "imagenet" if weights == "imagenet" else _local_file(weights)
+        label = weights_label(weights, seed)
 
         try:
             with _seeded(seed if weights == "random" else None), _announced_download(weights):
@@ -361,6 +358,13 @@ def _local_file(path: str | os.PathLike) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"model or weights file {path} does not exist")
     return path
+
+
+def weights_label(weights: str, seed: int = 0) -> str:
+    """How `EmbedderInfo.weights` names ResNet50's weights: "imagenet", "random(seed=0)", or a file's name and hash."""
+    if weights in ("imagenet", "random"):
+        return "imagenet" if weights == "imagenet" else f"random(seed={seed})"
+    return _file_label(weights)
 
 
 def _file_label(path: str | os.PathLike) -> str:

@@ -50,6 +50,7 @@ from .embedders import (
     TFLiteEmbedder,
     cpu_flags,
     cpu_supports_bfloat16,
+    weights_label,
 )
 from .errors import UserFacingError
 from .images import ImageLoadError, image_extensions, load_image
@@ -204,6 +205,8 @@ class _Chooser:
             self._reference = ResNet50Embedder(weights, seed)
             key = litert.weights_key(weights, seed)
         self.key: str = key
+        # Named once: for a weights file, the name hashes the whole file.
+        self.base_info = EmbedderInfo("resnet50", weights_label(weights, seed), 2048, (224, 224))
 
     @property
     def reference(self) -> ResNet50Embedder:
@@ -303,13 +306,7 @@ class _Chooser:
         return litert.converted(self.key, kind, lambda: self.reference.model, calibration)
 
     def _info(self, runtime: str = REFERENCE_RUNTIME) -> EmbedderInfo:
-        label = "imagenet" if self.weights == "imagenet" else (
-            f"random(seed={self.seed})" if self.weights == "random" else None)
-        if label is None:
-            from .embedders import _file_label
-
-            label = _file_label(self.weights)
-        return EmbedderInfo("resnet50", label, 2048, (224, 224), runtime)
+        return replace(self.base_info, runtime=runtime)
 
 
 def compare(expected: np.ndarray, actual: np.ndarray, k: int = 5) -> Fidelity:
