@@ -35,9 +35,12 @@ import faiss
 import numpy as np
 
 from .errors import UserFacingError
+from .retrieval import Space
 from .vectors import CHUNK_ROWS, VectorStore
 
 METRICS = {"l2": faiss.METRIC_L2, "cosine": faiss.METRIC_INNER_PRODUCT}
+#: Where this module takes `metric`, it takes the name of one of METRICS or a `retrieval.Space` (a fitted whitening).
+Metric = str | Space
 
 #: FAISS warns below 39 training vectors per centroid (`ClusteringParameters.min_points_per_centroid`): fewer
 #: leave centroids poorly placed. We refuse below it, before any training.
@@ -105,14 +108,14 @@ class Structure:
         return self.code_bytes + 8 + links
 
 
-def describe(factory: str, dim: int, metric: str = "l2", count: int | None = None) -> Structure:
+def describe(factory: str, dim: int, metric: Metric = "l2", count: int | None = None) -> Structure:
     """Check `factory` (and, given `count`, that a collection that size can train it) before any training.
 
     Raises `IndexSpecError`, one line naming a factory that would fit.
     """
     check_metric(metric)
     try:
-        index = faiss.index_factory(dim, factory, METRICS[metric])
+        index = faiss.index_factory(dim, factory, faiss_metric(metric))
     except RuntimeError as error:
         reason = re.sub(r"^Error in .*? at \S+:\d+: (Error: '.*?' failed: )?", "", str(error).splitlines()[0])
         raise IndexSpecError(
@@ -137,7 +140,9 @@ def suggest_factory(count: int, dim: int) -> str:
     return "Flat" if nlist < 16 else f"IVF{min(nlist, 1 << int(np.log2(16 * np.sqrt(count))))},Flat"
 
 
-def check_metric(metric: str) -> None:
+def check_metric(metric: Metric) -> None:
+    if isinstance(metric, Space):
+        return
     if metric not in METRICS:
         raise IndexSpecError(f"unknown metric {metric!r}; use one of {', '.join(METRICS)}")
 
@@ -167,14 +172,14 @@ def ivf_of(index: faiss.Index) -> faiss.IndexIVF | None:
         return None
 
 
-def new_index(factory: str, dim: int, metric: str = "l2") -> faiss.Index:
+def new_index(factory: str, dim: int, metric: Metric = "l2") -> faiss.Index:
     """An empty index from `factory` that stores vectors under given ids (IVF natively; others in an IndexIDMap2).
 
     IVF indexes keep no id-to-list map: it would cost more resident memory
     than a compressed code. Vectors are read by id from the collection instead.
     """
     describe(factory, dim, metric)
-    index = faiss.index_factory(dim, factory, METRICS[metric])
+    index = faiss.index_factory(dim, factory, faiss_metric(metric))
     inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexPreTransform) else index
     if hasattr(inner, "do_polysemous_training"):
         # FAISS trains 8-bit PQ codes for polysemous search by default, which we never use: 4x the training time.
@@ -182,13 +187,20 @@ def new_index(factory: str, dim: int, metric: str = "l2") -> faiss.Index:
     return index if ivf_of(index) is not None else faiss.IndexIDMap2(index)
 
 
-def prepared(vectors: np.ndarray, metric: str) -> np.ndarray:
-    """`vectors` as the index stores them: unit length for cosine (a copy), as they are for L2."""
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    if metric != "cosine":
-        return vectors
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return vectors / np.maximum(norms, np.finfo(np.float32).tiny)
+def prepared(vectors: np.ndarray, metric: Metric) -> np.ndarray:
+    """`vectors` as the index compares them: as they are for L2, unit length for cosine (a copy), whitened where the
+    space is (see `retrieval.Space`)."""
+    return Space.of(metric).prepare(vectors)
+
+
+def faiss_metric(metric: Metric) -> int:
+    """FAISS' metric constant for a metric name or a space."""
+    return METRICS[Space.of(metric).metric]
+
+
+def inner_product(metric: Metric) -> bool:
+    """Whether the index ranks unit vectors by inner product (cosine), reported as 1 - cos."""
+    return Space.of(metric).inner_product
 
 
 def training_rows(count: int, structure: Structure, keep_out: int = 0, seed: int = 0) -> np.ndarray:
@@ -205,7 +217,7 @@ def training_rows(count: int, structure: Structure, keep_out: int = 0, seed: int
     return np.sort(np.random.default_rng(seed).choice(count, wanted, replace=False))
 
 
-def train(index: faiss.Index, store: VectorStore, rows: np.ndarray, metric: str) -> None:
+def train(index: faiss.Index, store: VectorStore, rows: np.ndarray, metric: Metric) -> None:
     """Train `index` on `rows` of `store` without holding more of them at full size than a transform needs.
 
     A PCA or OPQ in front (`IndexPreTransform`) is trained first on up to
@@ -256,12 +268,12 @@ def _apply_chain(index: faiss.IndexPreTransform, vectors: np.ndarray) -> np.ndar
     return vectors
 
 
-def _read(store: VectorStore, rows: np.ndarray, metric: str, chunk: int = 8192) -> Iterator[np.ndarray]:
+def _read(store: VectorStore, rows: np.ndarray, metric: Metric, chunk: int = 8192) -> Iterator[np.ndarray]:
     for start in range(0, len(rows), chunk):
         yield prepared(store.take(rows[start : start + chunk]), metric)
 
 
-def add(index: faiss.Index, store: VectorStore, ids: np.ndarray, metric: str, progress: bool = False) -> None:
+def add(index: faiss.Index, store: VectorStore, ids: np.ndarray, metric: Metric, progress: bool = False) -> None:
     """Add the vectors of `store` under `ids`, a chunk at a time: they are never all in memory."""
     chunks = store.chunks()
     if progress and len(store) > 10 * CHUNK_ROWS:
@@ -383,28 +395,34 @@ def search(
     index: faiss.Index,
     queries: np.ndarray,
     k: int,
-    metric: str,
+    metric: Metric,
     params: SearchParams = SearchParams(),
     exact: Callable[[np.ndarray], np.ndarray] | None = None,
     compressed: bool = False,
+    *,
+    stored: bool = False,
+    is_prepared: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The `k` nearest ids of each query and their distances (smaller is nearer), nearest first; -1 pads.
 
     With `exact` (ids -> their full vectors) and a `compressed` index, the
     index is asked for k x k_factor candidates, which are ranked again by
     their exact distances: the distances returned are then exact too.
+    `exact` returns embeddings as embedded, or, with `stored`, the vectors the
+    index holds (prepared already: blended by `retrieval.Augmentation`, say). With `is_prepared`, the queries
+    are in the index's space already (expanded queries are).
     """
-    queries = prepared(np.atleast_2d(queries), metric)
+    queries = np.atleast_2d(queries) if is_prepared else prepared(np.atleast_2d(queries), metric)
     if exact is not None and compressed:
         # The depth is counted from k = 10 at least: recall is tuned at k = 10, and a smaller k must not re-rank less.
         depth = max(k, MIN_RERANK_K) * params.get(RERANK_PARAMETER, 1)
         _, ids = candidates(index, queries, depth, metric, params)
-        return rerank(queries, ids, exact, metric, k)
+        return rerank(queries, ids, exact, metric, k, stored=stored)
     return candidates(index, queries, k, metric, params)
 
 
 def candidates(
-    index: faiss.Index, queries: np.ndarray, count: int, metric: str, params: SearchParams = SearchParams()
+    index: faiss.Index, queries: np.ndarray, count: int, metric: Metric, params: SearchParams = SearchParams()
 ) -> tuple[np.ndarray, np.ndarray]:
     """What the index itself answers: `count` ids per query and their (approximate) distances, smaller nearer.
 
@@ -413,7 +431,7 @@ def candidates(
     faiss_params, keep_alive = faiss_parameters(index, params)
     distances, ids = index.search(queries, count, params=faiss_params)
     del keep_alive
-    if metric == "cosine":
+    if inner_product(metric):
         distances = np.where(ids >= 0, 1 - distances, np.inf).astype(np.float32)
     return distances, ids
 
@@ -423,7 +441,8 @@ RERANK_BLOCK = 4096
 
 
 def rerank(
-    queries: np.ndarray, candidates: np.ndarray, exact: Callable[[np.ndarray], np.ndarray], metric: str, k: int
+    queries: np.ndarray, candidates: np.ndarray, exact: Callable[[np.ndarray], np.ndarray], metric: Metric, k: int,
+    *, stored: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The `k` nearest of each query's `candidates` ids (-1: none) by exact distance, with those distances.
 
@@ -431,7 +450,7 @@ def rerank(
     so that no more than RERANK_BLOCK candidates' vectors are in memory at once.
     """
     step = max(1, RERANK_BLOCK // max(1, candidates.shape[1]))
-    parts = [_rerank_block(queries[start : start + step], candidates[start : start + step], exact, metric, k)
+    parts = [_rerank_block(queries[start : start + step], candidates[start : start + step], exact, metric, k, stored)
              for start in range(0, len(queries), step)]
     if not parts:
         return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
@@ -439,12 +458,14 @@ def rerank(
 
 
 def _rerank_block(
-    queries: np.ndarray, candidates: np.ndarray, exact: Callable[[np.ndarray], np.ndarray], metric: str, k: int
+    queries: np.ndarray, candidates: np.ndarray, exact: Callable[[np.ndarray], np.ndarray], metric: Metric, k: int,
+    stored: bool,
 ) -> tuple[np.ndarray, np.ndarray]:
     found = candidates >= 0
-    vectors = prepared(exact(candidates[found]), metric)
+    vectors = exact(candidates[found])
+    vectors = np.ascontiguousarray(vectors, np.float32) if stored else prepared(vectors, metric)
     rows = np.nonzero(found)[0]
-    if metric == "cosine":
+    if inner_product(metric):
         exact_distances = 1 - np.einsum("ij,ij->i", vectors, queries[rows])
     else:
         gaps = vectors - queries[rows]
@@ -457,7 +478,7 @@ def _rerank_block(
 
 
 def exact_search(
-    store: VectorStore, ids: np.ndarray, queries: np.ndarray, k: int, metric: str, chunk: int = 16384
+    store: VectorStore, ids: np.ndarray, queries: np.ndarray, k: int, metric: Metric, chunk: int = 16384
 ) -> tuple[np.ndarray, np.ndarray]:
     """The exact `k` nearest ids (and distances) of `queries` among `store`'s vectors, reading it a chunk at a time.
 
@@ -467,8 +488,9 @@ def exact_search(
     best_distances = np.full((len(queries), 0), np.inf, dtype=np.float32)
     best_ids = np.zeros((len(queries), 0), dtype=np.int64)
     for start, vectors in store.chunks(chunk):
-        distances, rows = faiss.knn(queries, prepared(vectors, metric), min(k, len(vectors)), metric=METRICS[metric])
-        if metric == "cosine":
+        distances, rows = faiss.knn(queries, prepared(vectors, metric), min(k, len(vectors)),
+                                    metric=faiss_metric(metric))
+        if inner_product(metric):
             distances = 1 - distances
         merged_distances = np.concatenate([best_distances, distances], axis=1)
         merged_ids = np.concatenate([best_ids, ids[start + rows]], axis=1)

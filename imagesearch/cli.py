@@ -18,6 +18,7 @@ from .extract import extract_embeddings
 from .images import open_rgb
 from .index import SearchIndex, build_index, load_index, load_previous_index, save_index
 from .query import search_image, search_indexed
+from .retrieval import DEFAULT_RETRIEVAL, PRESETS
 from .runtimes import CHOICES as RUNTIME_CHOICES
 from .runtimes import RUNTIME_ENV, make_embedder
 from .storage import check_not_busy, embeddings_dir, exclusive, index_dir
@@ -91,11 +92,12 @@ def _update_index(args: argparse.Namespace) -> SearchIndex:
         embeddings = load_embeddings(embeddings_dir(args.artifacts))
         previous = load_previous_index(index_dir(args.artifacts), embeddings)
         search_index = build_index(
-            embeddings, args.factory, previous=previous, metric=args.metric, params=args.params,
+            embeddings, args.factory, previous=previous, retrieval=args.retrieval, metric=args.metric,
+            params=args.params,
             target_recall=args.target_recall, memory_budget=args.memory_budget, progress=True,
         )
     save_index(search_index, index_dir(args.artifacts))
-    print(f"Index {search_index.factory} ({search_index.metric}) of {len(search_index)} vectors, "
+    print(f"Index {search_index.factory} ({search_index.retrieval}) of {len(search_index)} vectors, "
           f"{search_index.changes.summary()}")
     measured = search_index.tuning
     if args.factory == "auto" and search_index.changes.rebuilt:
@@ -187,8 +189,12 @@ def parser() -> argparse.ArgumentParser:
             help="FAISS index factory string (Flat, HNSW32, IVF4096,PQ64 ...), or auto: chosen from the collection's "
             "size and --memory-budget (default: %(default)s)",
         )
-        command.add_argument("--metric", default="l2", choices=["l2", "cosine"],
-                             help="distance between vectors (default: %(default)s)")
+        command.add_argument(
+            "--retrieval", default=None,
+            help=f"how vectors are compared: {', '.join(PRESETS)}, or parts such as cosine,whiten,dba=5,qe=2,alpha=3 "
+            f"(see imagesearch/retrieval.py; default: {DEFAULT_RETRIEVAL})")
+        command.add_argument("--metric", default=None, choices=["l2", "cosine"],
+                             help="that metric alone, nothing else (the same as --retrieval l2 or cosine)")
         command.add_argument("--target-recall", type=float, default=DEFAULT_TARGET_RECALL,
                              help="recall@10 the search parameters are tuned to reach (default: %(default)s)")
         command.add_argument("--memory-budget", default="4GB",

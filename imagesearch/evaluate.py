@@ -19,7 +19,7 @@ def neighbour_rows(search_index: SearchIndex, k: int) -> np.ndarray:
     """Return, for each indexed image (in `paths` order), the rows of its k nearest *other* images."""
     if len(search_index) <= k:
         raise ValueError(f"need more than k={k} indexed images, the index holds {len(search_index)}")
-    _, ids = search_index.search_ids(search_index.vectors(), k + 1)
+    _, ids = search_index.search_ids(search_index.vectors(), k + 1, exclude=search_index.ids)
     row_of_id = {image_id: row for row, image_id in enumerate(search_index.ids)}
     rows = np.vectorize(lambda i: row_of_id.get(i, -1), otypes=[np.int64])(ids)
     own = np.arange(len(search_index))[:, None]
@@ -94,8 +94,9 @@ def self_check(search_index: SearchIndex, k: int = 5, sample: int | None = None)
     ids = np.array(search_index.ids, dtype=np.int64)
     if sample is not None and sample < len(ids):
         ids = ids[np.linspace(0, len(ids) - 1, sample).astype(int)]
-    vectors = search_index.vectors_of(ids)
-    distances, found = search_index.search_ids(vectors, min(max(k, 2), len(search_index)))
+    vectors = search_index.stored_vectors_of(ids)  # as the index holds them: each must find itself at distance 0
+    distances, found = search_index.search_ids(vectors, min(max(k, 2), len(search_index)), expand=False,
+                                               prepared=True)
     scale = np.maximum((vectors**2).sum(axis=1), 1e-12)[:, None]
     # FAISS computes |x|^2 + |y|^2 - 2xy in float32: a distance to itself comes back as up to ~1e-6 of the squared
     # norm, about as far as two different but very similar images (a photo and its scaled copy, under random
@@ -104,7 +105,7 @@ def self_check(search_index: SearchIndex, k: int = 5, sample: int | None = None)
     rows, columns = np.nonzero(at_zero & (found != ids[:, None]) & (found >= 0))
     twin = np.zeros_like(at_zero)
     if rows.size:
-        gaps = ((search_index.vectors_of(found[rows, columns]) - vectors[rows]) ** 2).sum(axis=1)
+        gaps = ((search_index.stored_vectors_of(found[rows, columns]) - vectors[rows]) ** 2).sum(axis=1)
         same = gaps <= 1e-8 * scale[rows, 0]
         twin[rows[same], columns[same]] = True
     return SelfCheck(

@@ -7,6 +7,8 @@ On disk (the folder notebook 02 writes and notebook 03 reads):
                             and how they were tuned, embedder, image root, the index file, and the collection
                             version it was built from (its folder, relative to this one; its id, version and commit)
       index.<token>.faiss   the FAISS index; it stores each vector under its image's stable id
+      retrieval.<token>.npz where the retrieval configuration asks for them: the whitening fitted on the
+                            collection, and the augmentation table (each image's nearest images)
 
 Which image an id is comes from the collection's records, read when the
 index is loaded: the index copies none of them. An index is current when
@@ -27,6 +29,7 @@ from __future__ import annotations
 import os
 import re
 import warnings
+import zipfile
 from pathlib import Path
 
 import faiss
@@ -38,6 +41,7 @@ from .ann import SearchParams
 from .collection import Embeddings, load_embeddings
 from .embedders import EmbedderInfo
 from .records import SCHEMA, Records
+from .retrieval import Augmentation, Retrieval, Whitening
 from .search_index import CollectionVersion, SearchIndex, held_ids
 from .storage import (
     FORMAT_VERSION,
@@ -58,6 +62,7 @@ from .tuning import Tuning
 
 METADATA_FILE = "index.json"
 INDEX_STEM, INDEX_SUFFIX = "index", ".faiss"
+RETRIEVAL_STEM, RETRIEVAL_SUFFIX = "retrieval", ".npz"
 
 
 def save_index(search_index: SearchIndex, directory: str | os.PathLike) -> list[Path]:
@@ -82,6 +87,11 @@ def _save_index(search_index: SearchIndex, directory: Path) -> list[Path]:
     index_name = fresh_name(INDEX_STEM, INDEX_SUFFIX)
     with atomic_path(directory / index_name) as temporary:
         faiss.write_index(search_index.index, str(temporary))
+    arrays = _retrieval_arrays(search_index)
+    retrieval_name = fresh_name(RETRIEVAL_STEM, RETRIEVAL_SUFFIX) if arrays else None
+    if arrays:
+        with atomic_path(directory / retrieval_name) as temporary, open(temporary, "wb") as file:
+            np.savez(file, **arrays)
     metadata_path = directory / METADATA_FILE
     built_from = search_index.collection
     folder = os.path.relpath(built_from.directory.resolve(), directory.resolve())
@@ -92,6 +102,8 @@ def _save_index(search_index: SearchIndex, directory: Path) -> list[Path]:
             "format_version": FORMAT_VERSION,
             "factory": search_index.factory,
             "metric": search_index.metric,
+            "retrieval": search_index.retrieval.to_dict(),
+            "retrieval_file": retrieval_name,
             "params": str(search_index.params),
             "tuning": search_index.tuning.to_dict() if search_index.tuning else None,
             "index_file": index_name,
@@ -107,7 +119,20 @@ def _save_index(search_index: SearchIndex, directory: Path) -> list[Path]:
         },
     )
     remove_stale(directory, INDEX_STEM, INDEX_SUFFIX, keep={index_name})
-    return [metadata_path, directory / index_name]
+    remove_stale(directory, RETRIEVAL_STEM, RETRIEVAL_SUFFIX, keep={retrieval_name} if retrieval_name else set())
+    return [metadata_path, directory / index_name] + ([directory / retrieval_name] if retrieval_name else [])
+
+
+def _retrieval_arrays(search_index: SearchIndex) -> dict[str, np.ndarray]:
+    """The whitening's and the augmentation table's arrays, by name, as the retrieval file holds them."""
+    arrays = {}
+    if (whitening := search_index.whitening) is not None:
+        arrays |= {"whitening_mean": whitening.mean, "whitening_projection": whitening.projection,
+                   "whitening_facts": np.array([whitening.shrinkage, whitening.fitted_on], np.float64)}
+    if (table := search_index.augmentation) is not None:
+        arrays |= {"augmentation_ids": table.ids, "augmentation_neighbours": table.neighbours,
+                   "augmentation_similarities": table.similarities, "augmentation_alpha": np.array(table.alpha)}
+    return arrays
 
 
 def load_index(directory: str | os.PathLike, mmap: bool = True) -> SearchIndex:
@@ -190,6 +215,9 @@ def _load(directory: Path, mmap: bool = False) -> SearchIndex:
     try:
         factory, index_name, embedder, image_root, records, built_from, count = _parse_metadata(directory, metadata)
         metric, params, measured = _parse_search(metadata, factory, embedder.dim)
+        config = Retrieval.from_dict(metadata["retrieval"]) if "retrieval" in metadata else Retrieval(metric)
+        if config.metric != metric:
+            raise ValueError(f"its retrieval {config} contradicts its metric {metric}")
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as error:
         detail = f"no {one_line(error.args[0])!r} entry" if isinstance(error, KeyError) else one_line(error)[:200]
         damage = f"{path} is damaged (not index metadata as this code writes it: {detail})"
@@ -208,8 +236,43 @@ def _load(directory: Path, mmap: bool = False) -> SearchIndex:
             f"{count} images, {embedder.dim}-d: the two come from different saves, or one was changed)",
             advice,
         )
+    whitening, augmentation = _read_retrieval(directory, metadata, config, embedder.dim, count, advice)
     return SearchIndex(index, records, embedder, factory, image_root, built_from, metric=metric, params=params,
-                       tuning=measured, read_only=mapped)
+                       tuning=measured, read_only=mapped, retrieval=config, whitening=whitening,
+                       augmentation=augmentation)
+
+
+def _read_retrieval(directory: Path, metadata: dict, config: Retrieval, dim: int, count: int, advice: str
+                    ) -> tuple[Whitening | None, Augmentation | None]:
+    """The whitening and augmentation table `config` needs, from the retrieval file; DamagedStateError if it is
+    missing, unreadable or not of the index's shape."""
+    if not (config.whiten or config.dba):
+        return None, None
+    name = metadata.get("retrieval_file")
+    path = directory / str(name)
+    if not (isinstance(name, str) and is_file_name(name) and path.is_file()):
+        raise DamagedStateError(f"{path}, the whitening or augmentation {METADATA_FILE} names, is missing", advice)
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            whitening = augmentation = None
+            if config.whiten:
+                mean, projection = arrays["whitening_mean"], arrays["whitening_projection"]
+                shrinkage, fitted_on = arrays["whitening_facts"]
+                if mean.shape != (dim,) or projection.shape != (dim, dim):
+                    raise ValueError(f"its whitening is for {mean.shape} vectors, not {dim}-d")
+                whitening = Whitening(mean.astype(np.float32), projection.astype(np.float32), float(shrinkage),
+                                      int(fitted_on))
+            if config.dba:
+                ids, neighbours = arrays["augmentation_ids"], arrays["augmentation_neighbours"]
+                similarities = arrays["augmentation_similarities"]
+                if len(ids) != count or neighbours.shape != (count, config.dba) or similarities.shape != (
+                        count, config.dba) or np.any(np.diff(ids) <= 0):
+                    raise ValueError(f"its augmentation table is not of {count} images x {config.dba} neighbours")
+                augmentation = Augmentation(ids.astype(np.int64), neighbours.astype(np.int64),
+                                            similarities.astype(np.float32), float(arrays["augmentation_alpha"]))
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+        raise DamagedStateError(f"{path} is damaged ({one_line(error)[:160]})", advice) from error
+    return whitening, augmentation
 
 
 def _read_index(path: Path, mmap: bool) -> tuple[faiss.Index, bool]:

@@ -18,11 +18,12 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from . import ann
+from . import ann, retrieval
 from .ann import SearchParams
 from .embedders import EmbedderInfo
 from .manifest import Commit
 from .records import Records
+from .retrieval import PLAIN, Augmentation, Retrieval, Space, Whitening
 from .tuning import Tuning
 from .vectors import RowReader, VectorStore
 
@@ -30,7 +31,7 @@ from .vectors import RowReader, VectorStore
 @dataclass(frozen=True)
 class Hit:
     """One search result. `distance` is smaller for nearer images: the squared L2 distance (0 for an identical
-    vector), or for a cosine index 1 - cosine similarity."""
+    vector), or for a cosine index 1 - cosine similarity (of the expanded query, where the index expands queries)."""
 
     rank: int
     path: str
@@ -74,7 +75,9 @@ class SearchIndex:
     built from embeddings that are not saved (it cannot be saved then: save
     the embeddings first). `params` are the search parameters every search
     uses unless told otherwise; `tuning` says how they were chosen and what
-    recall they reach.
+    recall they reach. `retrieval` says how vectors are compared (see
+    `imagesearch.retrieval`): with it come the `whitening` fitted on the
+    collection and the `augmentation` table, where it asks for them.
     """
 
     index: faiss.Index
@@ -89,7 +92,15 @@ class SearchIndex:
     tuning: Tuning | None = None
     store: VectorStore | None = None
     read_only: bool = False  # memory-mapped: searched, never updated
+    retrieval: Retrieval = PLAIN
+    whitening: Whitening | None = None
+    augmentation: Augmentation | None = None
     _reader: RowReader | None = field(default=None, repr=False)
+
+    @property
+    def space(self) -> Space:
+        """The vectors this index compares: its metric, whitened where it was fitted with a whitening."""
+        return Space.of(self.metric) if self.whitening is None else Space(self.metric, self.whitening)
 
     def __len__(self) -> int:
         return self.index.ntotal
@@ -98,7 +109,7 @@ class SearchIndex:
     def structure(self) -> ann.Structure:
         """What the factory builds; read once (describing it builds an empty FAISS index: 0.5 to 1.7 ms, as much
         as a whole approximate search)."""
-        return ann.describe(self.factory, self.index.d, self.metric)
+        return ann.describe(self.factory, self.index.d, self.space)
 
     @property
     def ids(self) -> np.ndarray:
@@ -142,12 +153,25 @@ class SearchIndex:
             self._reader = self.store.reader()
         return self._reader.take(rows)
 
+    def stored_vectors_of(self, ids: np.ndarray) -> np.ndarray:
+        """The vectors the index compares for images by id: prepared (unit length, whitened) and blended with their
+        neighbours' where the index augments them; computed from the collection's, a few rows at a time."""
+        space = self.space
+        if self.augmentation is None:
+            return space.prepare(self.vectors_of(ids))
+        return self.augmentation.blend(ids, lambda wanted: space.prepare(self.vectors_of(wanted)))
+
     def search_ids(
-        self, queries: np.ndarray, k: int, params: str | SearchParams | None = None
+        self, queries: np.ndarray, k: int, params: str | SearchParams | None = None, *,
+        exclude: np.ndarray | None = None, expand: bool = True, prepared: bool = False,
     ) -> tuple[np.ndarray, np.ndarray]:
         """(distances, ids) of each query's `k` nearest images, nearest first; id -1 where there are fewer.
 
-        `params` ("nprobe=64,k_factor=16") override the saved ones for this call only.
+        `params` ("nprobe=64,k_factor=16") override the saved ones for this call only. Where the index expands
+        queries (`retrieval.qe`), each is searched twice: then the image `exclude` names for it (an indexed image
+        searched for by its own vector) is not blended in, as an outside photo's twin would not be; `expand=False`
+        searches once, with the queries as they are. With `prepared`, the queries are in the index's space already
+        (as `stored_vectors_of` returns them).
         """
         queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
         if queries.shape[1] != self.index.d:
@@ -155,12 +179,29 @@ class SearchIndex:
                 f"query vectors are {queries.shape[1]}-d but the index holds {self.index.d}-d "
                 f"vectors from {self.embedder}; embed queries with the same embedder"
             )
-        structure = self.structure
+        structure, space = self.structure, self.space
         settings = self.params.merged(params).check(structure)
-        exact = self.vectors_of if self.store is not None else None
+        blended = self.augmentation is not None
+        exact = None if self.store is None else self.stored_vectors_of if blended else self.vectors_of
+        prepared = queries if prepared else space.prepare(queries)
+        expanding = expand and self.retrieval.qe > 0
+
+        def search(vectors: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+            return ann.search(self.index, vectors, min(count, len(self)), space, settings, exact,
+                              structure.compressed, stored=blended, is_prepared=True)
+
         with _faiss_threads(1 if len(queries) == 1 else None):
-            return ann.search(self.index, queries, min(k, len(self)), self.metric, settings, exact,
-                              structure.compressed)
+            if not expanding:
+                return search(prepared, k)
+            distances, found = search(prepared, self.retrieval.qe + (exclude is not None))
+            if exclude is not None:
+                own = found == np.asarray(exclude, dtype=np.int64)[:, None]
+                order = np.argsort(own, axis=1, kind="stable")  # the query's own image to the end
+                found = np.where(np.take_along_axis(own, order, axis=1), -1, np.take_along_axis(found, order, axis=1))
+                distances = np.take_along_axis(distances, order, axis=1)
+            expanded = retrieval.expand(prepared, found, 1 - distances, self.stored_vectors_of, self.retrieval.qe,
+                                        self.retrieval.qe_alpha)
+            return search(expanded, k)
 
     def search(self, queries: np.ndarray, k: int, params: str | SearchParams | None = None) -> list[list[Hit]]:
         """Return, for each query vector, its `k` nearest indexed images, nearest first."""

@@ -158,7 +158,7 @@ class Service:
             embeddings = save_embeddings(embeddings, folder)
             with exclusive(folder):
                 previous = load_previous_index(index_dir(self.settings.artifacts), load_embeddings(folder))
-                updated = build_index(embeddings, current.factory, previous=previous, metric=current.metric)
+                updated = build_index(embeddings, current.factory, previous=previous, retrieval=current.retrieval)
             save_index(updated, index_dir(self.settings.artifacts))
             served = self.current()
             return {"added": [served.id_of(path) for path in written], "removed": removed, "images": len(served)}
@@ -206,6 +206,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return {
             "backbone": info.backbone, "weights": info.weights, "runtime": service().embedder.info.runtime,
             "collection_runtime": info.runtime, "dimension": info.dim, "metric": current.metric,
+            "retrieval": str(current.retrieval),
             "index": current.factory, "exact": current.structure.exact, "images": len(current),
             "recall_at_10": tuning.recall if tuning is not None and not current.structure.exact else None,
             "collection_version": version.version if version else None,

@@ -209,7 +209,7 @@ def tune(
     structure: ann.Structure,
     store: VectorStore,
     ids: np.ndarray,
-    metric: str,
+    metric: ann.Metric,
     exact: Callable[[np.ndarray], np.ndarray] | None,
     trained: np.ndarray,
     target: float | None = DEFAULT_TARGET_RECALL,
@@ -246,8 +246,9 @@ def tune(
     else:
         rows, held_out = held_out_rows(len(store), trained, queries)
         base_store, base_ids = store, ids
-    vectors = ann.prepared(store.take(rows), metric)
-    _, truth = ann.exact_search(base_store, base_ids, vectors, k + 1, metric)
+    raw = store.take(rows)
+    vectors = ann.prepared(raw, metric)
+    _, truth = ann.exact_search(base_store, base_ids, raw, k + 1, metric)
     truth = _without_own(truth, ids[rows], k)
     measure = _Measure(index, structure, vectors, ids[rows], truth, k, metric, exact, 0 if outside is not None else 1)
     if given is not None or target is None:
@@ -281,7 +282,7 @@ class _Measure:
     own: np.ndarray
     truth: np.ndarray
     k: int
-    metric: str
+    metric: ann.Metric
     exact: Callable[[np.ndarray], np.ndarray] | None
     extra: int = 1  # answers asked beyond k: 1 where each query's own vector is in the index (and dropped), else 0
 
@@ -362,7 +363,7 @@ def compare(
     ids: np.ndarray,
     exact: Callable[[np.ndarray], np.ndarray],
     factories: list[str],
-    metric: str = "l2",
+    metric: ann.Metric = "l2",
     target: float = DEFAULT_TARGET_RECALL,
 ) -> list[Candidate]:
     """Build each of `factories` on the collection and tune it to `target`: the recall-against-speed curves of each."""

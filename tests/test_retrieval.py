@@ -1,0 +1,208 @@
+"""Retrieval configurations: the metric, whitening, database-side augmentation (DBA) and query expansion (QE).
+
+Each is checked against the same computation written out in NumPy, on exact
+and approximate indexes, through updates in place and a save and load; and,
+with the shared pretrained embedder, on real photos: the recommended
+configuration must beat the seed's plain L2.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_ann import clustered, next_version, unsaved
+
+from imagesearch.collection import save_embeddings
+from imagesearch.evaluate import neighbour_rows, precision_at_k
+from imagesearch.extract import extract_embeddings
+from imagesearch.index import METADATA_FILE, build_index, load_index, load_previous_index, save_index
+from imagesearch.retrieval import PLAIN, PRESETS, RECOMMENDED, Retrieval, RetrievalError, Whitening
+from imagesearch.storage import DamagedStateError
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def unit(vectors: np.ndarray) -> np.ndarray:
+    vectors = vectors.astype(np.float64)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def reference_dba(vectors: np.ndarray, count: int, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """αDBA by brute force: each unit vector plus its `count` nearest others' weighted by cosine^alpha, normalised;
+    and the neighbours."""
+    x = unit(vectors)
+    similarity = x @ x.T
+    np.fill_diagonal(similarity, -np.inf)
+    neighbours = np.argsort(-similarity, axis=1, kind="stable")[:, :count]
+    weights = np.maximum(np.take_along_axis(similarity, neighbours, axis=1), 0) ** alpha
+    return unit(x + np.einsum("ij,ijk->ik", weights, x[neighbours])), neighbours
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("plain", PLAIN), ("recommended", RECOMMENDED), ("l2", Retrieval("l2")),
+    ("cosine,dba=5,qe=2", Retrieval("cosine", dba=5, qe=2)),
+    ("cosine+whiten+qe=1+alpha=0", Retrieval("cosine", whiten=True, qe=1, qe_alpha=0, dba_alpha=0)),
+])
+def test_a_configuration_is_read_from_its_name_or_parts_and_written_back_the_same(text, expected):
+    assert Retrieval.parse(text) == expected
+    assert Retrieval.parse(str(expected)) == expected
+    assert Retrieval.from_dict(json.loads(json.dumps(expected.to_dict()))) == expected
+
+
+@pytest.mark.parametrize("text, says", [
+    ("l2,dba=5", "use them with the cosine metric"), ("cosine,dba=x", "cannot read 'dba=x'"),
+    ("hamming", "name a preset"), ("cosine,qe=-1", "0 or more"),
+])
+def test_a_configuration_that_cannot_work_is_refused_in_one_line(text, says):
+    with pytest.raises(RetrievalError) as caught:
+        Retrieval.parse(text)
+    assert says in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_the_presets_are_all_distinct():
+    assert len({preset.to_dict().__repr__() for preset in PRESETS.values()}) == len(PRESETS)
+
+
+def test_whitening_decorrelates_a_large_sample_and_shrinks_more_on_a_small_one():
+    rng = np.random.default_rng(0)
+    mixing = rng.normal(size=(8, 8)) * np.array([5, 3, 2, 1, 1, 0.5, 0.3, 0.1])
+    large = unit(rng.normal(size=(20_000, 8)) @ mixing + 3).astype(np.float32)
+    whitening = Whitening.fit(lambda: iter(np.array_split(large, 7)))  # in chunks, as a collection is read
+    centred = (large - whitening.mean) @ whitening.projection
+    covariance = np.cov(centred.T)
+    assert np.allclose(covariance - np.diag(np.diag(covariance)), 0, atol=1e-3)  # decorrelated
+    assert np.all((np.diag(covariance) > 0.9) & (np.diag(covariance) < 1.001))  # each direction at about unit
+    # variance: exactly 1 without shrinkage; the radial direction of unit vectors, nearly empty, a little less
+    assert whitening.shrinkage < 0.05 and whitening.fitted_on == len(large)
+    small = Whitening.fit(lambda: iter([large[:12]]))
+    assert small.shrinkage > 5 * whitening.shrinkage  # a dozen vectors cannot estimate 8 dimensions alone
+    assert np.allclose(np.linalg.norm(whitening.apply(large[:5]), axis=1), 1, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def vectors() -> np.ndarray:
+    return clustered(600, seed=3)
+
+
+@pytest.mark.parametrize("factory, params", [("Flat", ""), ("IVF8,Flat", "nprobe=8"), ("HNSW16", "efSearch=256")])
+def test_dba_stores_each_vector_blended_with_its_nearest_as_written_in_numpy(vectors, factory, params):
+    built = build_index(unsaved(vectors), factory, retrieval="cosine,dba=4", params=params)
+    expected, neighbours = reference_dba(vectors, 4, 3.0)
+    rows = built.augmentation.rows_of(built.ids)
+    assert np.array_equal(built.augmentation.neighbours[rows], neighbours)
+    stored = built.index.reconstruct_batch(built.ids[:50]) if factory != "IVF8,Flat" else \
+        built.stored_vectors_of(built.ids[:50])
+    assert np.allclose(stored, expected[:50], atol=1e-5)
+    assert np.allclose(built.stored_vectors_of(built.ids[:50]), expected[:50], atol=1e-5)
+
+
+def test_query_expansion_searches_again_with_the_blend_of_the_query_and_its_nearest(vectors):
+    built = build_index(unsaved(vectors), "Flat", retrieval="cosine,qe=3,qe_alpha=2")
+    queries = clustered(20, seed=9)
+    x, q = unit(vectors), unit(queries)
+    first = np.argsort(-(q @ x.T), axis=1, kind="stable")[:, :3]
+    weights = np.maximum(np.take_along_axis(q @ x.T, first, axis=1), 0) ** 2
+    expanded = unit(q + np.einsum("ij,ijk->ik", weights, x[first]))
+    expected = np.argsort(-(expanded @ x.T), axis=1, kind="stable")[:, :10]
+    distances, found = built.search_ids(queries, 10)
+    assert np.array_equal(found, built.ids[expected])
+    assert np.allclose(distances, 1 - np.take_along_axis(expanded @ x.T, expected, axis=1), atol=1e-5)
+    _, once = built.search_ids(queries, 10, expand=False)
+    assert not np.array_equal(once, found)  # the expansion did change what was found
+
+
+def test_an_indexed_image_is_not_blended_into_its_own_expanded_query(vectors):
+    built = build_index(unsaved(vectors), "Flat", retrieval="cosine,qe=2,qe_alpha=0")
+    own = built.ids[:5]
+    _, excluded = built.search_ids(vectors[:5], 3, exclude=own)
+    x = unit(vectors)
+    similarity = x[:5] @ x.T
+    similarity[np.arange(5), np.arange(5)] = -np.inf
+    nearest_others = np.argsort(-similarity, axis=1, kind="stable")[:, :2]
+    expanded = unit(x[:5] + x[nearest_others].sum(axis=1))
+    assert np.array_equal(excluded, built.ids[np.argsort(-(expanded @ x.T), axis=1, kind="stable")[:, :3]])
+    _, included = built.search_ids(vectors[:5], 3)
+    assert not np.array_equal(included, excluded)
+
+
+def test_a_compressed_index_reranks_by_the_blended_vectors():
+    vectors = clustered(1200, seed=12)
+    exact = build_index(unsaved(vectors), "Flat", retrieval="recommended")
+    compressed = build_index(unsaved(vectors), "IVF8,PQ8x4", retrieval="recommended", params="nprobe=8,k_factor=64")
+    queries = clustered(30, seed=11)
+    exact_distances, exact_ids = exact.search_ids(queries, 5)
+    distances, ids = compressed.search_ids(queries, 5)
+    assert np.mean(ids == exact_ids) > 0.95  # every list probed, deep re-ranking: the exact answers
+    agree = ids == exact_ids
+    assert np.allclose(distances[agree], exact_distances[agree], atol=1e-5)  # exact distances, of blended vectors
+
+
+def test_an_update_in_place_keeps_the_augmentation_as_a_rebuild_makes_it(tmp_path, vectors):
+    first = save_embeddings(unsaved(vectors), tmp_path / "embeddings")
+    save_index(build_index(first, "Flat", retrieval="recommended"), tmp_path / "index")
+    second = next_version(first, drop=range(0, 40), add=clustered(60, seed=4), change={50: clustered(1, seed=5)[0]})
+    updated = build_index(second, "Flat", previous=load_previous_index(tmp_path / "index", second),
+                          retrieval="recommended")
+    assert not updated.changes.rebuilt
+    rebuilt = build_index(second, "Flat", retrieval="recommended")
+    table, fresh = updated.augmentation, rebuilt.augmentation
+    assert np.array_equal(table.ids, fresh.ids)
+    same = np.all(table.neighbours == fresh.neighbours, axis=1)
+    assert same.mean() >= 0.99, f"{np.count_nonzero(~same)} of {len(same)} neighbour lists differ from a rebuild's"
+    agree = np.isclose(updated.stored_vectors_of(second.ids), rebuilt.stored_vectors_of(second.ids), atol=1e-5)
+    assert agree.all(axis=1).mean() >= 0.99
+    stored = updated.index.reconstruct_batch(second.ids)
+    assert np.allclose(stored, updated.stored_vectors_of(second.ids), atol=1e-5)  # what the index holds, blended
+    assert not np.isin(table.neighbours, np.arange(40)).any()  # no trace of the removed images
+
+
+def test_whitening_and_augmentation_are_saved_with_the_index_and_answer_the_same(tmp_path, vectors):
+    embeddings = save_embeddings(unsaved(vectors), tmp_path / "embeddings")
+    built = build_index(embeddings, "Flat", retrieval="whiten+dba+qe")
+    save_index(built, tmp_path / "index")
+    loaded = load_index(tmp_path / "index")
+    assert loaded.retrieval == built.retrieval
+    queries = clustered(10, seed=6)
+    assert np.array_equal(loaded.search_ids(queries, 5)[1], built.search_ids(queries, 5)[1])
+    assert np.allclose(loaded.search_ids(queries, 5)[0], built.search_ids(queries, 5)[0], atol=1e-6)
+
+
+@pytest.mark.parametrize("damage", ["deleted", "truncated", "other-shape"])
+def test_a_damaged_retrieval_file_is_named_in_one_line(tmp_path, vectors, damage):
+    embeddings = save_embeddings(unsaved(vectors), tmp_path / "embeddings")
+    save_index(build_index(embeddings, "Flat", retrieval="recommended"), tmp_path / "index")
+    path = tmp_path / "index" / json.loads((tmp_path / "index" / METADATA_FILE).read_text())["retrieval_file"]
+    if damage == "deleted":
+        path.unlink()
+    elif damage == "truncated":
+        path.write_bytes(path.read_bytes()[:200])
+    else:
+        with np.load(path) as arrays:
+            data = dict(arrays)
+        data["augmentation_neighbours"] = data["augmentation_neighbours"][:, :2]
+        with open(path, "wb") as file:
+            np.savez(file, **data)
+    with pytest.raises(DamagedStateError) as caught:
+        load_index(tmp_path / "index")
+    assert path.name in str(caught.value) and "\n" not in str(caught.value)
+    assert load_previous_index(tmp_path / "index") is None  # and an update rebuilds it
+
+
+def photos_with_labels(folder: Path, embedder):
+    embeddings = extract_embeddings(folder, embedder, batch_size=32, progress=False)
+    return embeddings, np.array([path.rsplit("/", 1)[0] for path in embeddings.paths])
+
+
+@pytest.mark.parametrize("collection", ["caltech101_dev", "caltech101_demo"])
+def test_the_recommended_configuration_beats_plain_l2_on_real_photos(tflite_embedder, collection):
+    folder = SHARED_DATA / collection
+    if not folder.is_dir():
+        pytest.skip(f"{folder} is absent (the shared labelled photos sit beside the project on our machines)")
+    embeddings, labels = photos_with_labels(folder, tflite_embedder)
+    precision = {name: precision_at_k(neighbour_rows(build_index(embeddings, "Flat", retrieval=name), 5), labels)
+                 for name in ("plain", "recommended")}
+    print(f"\nprecision@5 on {collection} with {embeddings.embedder}: {precision}")
+    assert precision["recommended"] >= precision["plain"] + 0.04
