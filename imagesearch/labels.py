@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import csv
 import os
+import posixpath
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 
@@ -32,6 +33,7 @@ SOURCES = ("auto", "folder", "prefix")
 #: What separates a file name's label from the rest of it: "astronaut__blur.jpg" is labelled "astronaut".
 SEPARATOR = "__"
 
+_NONE = (None, 0)
 _CHOICES = "'auto', 'folder', 'prefix' or the path of a CSV file of path,label"
 _MISSING = {
     "auto": "no image is in a sub-folder or named <label>__<anything>, so none has a label",
@@ -66,7 +68,7 @@ class Labels:
     classes: np.ndarray  # object: the distinct labels, sorted
     source: str  # "auto", "folder", "prefix", or the CSV file's path
     origin: str = ""  # where the labels came from, in words: "from folders", "from labels.csv"
-    unmatched_rows: int = 0  # CSV rows naming images that are not in the collection
+    unmatched_rows: int = 0  # CSV rows naming images that are not in the collection (a path repeated counts once)
     unmatched_example: str | None = None  # the path of the first such row, as written
 
     def __len__(self) -> int:
@@ -148,11 +150,11 @@ def labels_of(
             raise LabelsError(f"the label file {file} does not exist (relative paths start from {os.getcwd()}): "
                               "pass the path of a CSV of path,label")
         raise LabelsError(f"unknown label source {str(source)!r}: pass {_CHOICES}")
-    rows = read_label_rows(file, root)
-    names, unmatched = table_labels(paths, rows)
-    if len(unmatched) == len(rows):
+    given = read_label_file(file, root)
+    names, unmatched = table_labels(paths, given)
+    if len(unmatched) == len(given):
         raise LabelsError(
-            f"none of the {len(rows)} rows of {file} names an image of the collection (e.g. {rows[0][1]!r}): "
+            f"none of the {len(given)} rows of {file} names an image of the collection (e.g. {unmatched[0]!r}): "
             f"write paths relative to the image folder, like {paths[0]!r}"
         )
     return _checked(names, source=str(file), origin=f"from {file.name}",
@@ -207,13 +209,16 @@ def _prefix_of(path: str) -> str | None:
     return f"{folder}/{name[:cut]}" if folder else name[:cut]
 
 
-def read_label_rows(file: str | os.PathLike, root: str | os.PathLike | None = None) -> list[tuple[int, str, str]]:
-    """Read a CSV of path,label into (line, path, label) rows, paths made relative to `root`; label "" for none.
+def read_label_file(
+    file: str | os.PathLike, root: str | os.PathLike | None = None
+) -> dict[str, tuple[str | None, int]]:
+    """Read a CSV of path,label as {path: (label, line)}, paths made relative to `root`; label None where empty.
 
     The header names the columns (in any order, other columns ignored); values
     are stripped; UTF-8 with or without a byte-order mark. A path given twice
     with two different labels is an error that names both lines.
     """
+    given: dict[str, tuple[str | None, int]] = {}
     try:
         with open(file, encoding="utf-8-sig", newline="") as handle:
             reader = csv.reader(handle, strict=True)
@@ -225,22 +230,19 @@ def read_label_rows(file: str | os.PathLike, root: str | os.PathLike | None = No
                 raise LabelsError(f"the label file {file} has no path and label columns (its first line is "
                                   f"{','.join(header)!r}): make its first line path,label")
             at_path, at_label = header.index("path"), header.index("label")
-            rows, seen = [], {}
             for values in reader:
                 path = values[at_path].strip() if at_path < len(values) else ""
-                label = values[at_label].strip() if at_label < len(values) else ""
+                label = (values[at_label].strip() if at_label < len(values) else "") or None
                 if not path:
                     if label:
                         raise LabelsError(f"the label file {file} gives the label {label!r} on line "
                                           f"{reader.line_num} to no path: add its path or remove the line")
                     continue
                 path = _relative(path, root)
-                if path in seen and rows[seen[path]][2] != label:
-                    line, _, before = rows[seen[path]]
-                    raise LabelsError(f"the label file {file} labels {path!r} twice, {before!r} on line {line} "
-                                      f"and {label!r} on line {reader.line_num}: keep one")
-                seen.setdefault(path, len(rows))
-                rows.append((reader.line_num, path, label))
+                before, line = given.setdefault(path, (label, reader.line_num))
+                if before != label:
+                    raise LabelsError(f"the label file {file} labels {path!r} twice, {before or ''!r} on line {line} "
+                                      f"and {label or ''!r} on line {reader.line_num}: keep one")
     except UnicodeDecodeError as error:
         raise LabelsError(f"cannot read the label file {file}: it is not UTF-8 text ({error.reason} at byte "
                           f"{error.start}); save it as UTF-8 CSV") from None
@@ -249,9 +251,9 @@ def read_label_rows(file: str | os.PathLike, root: str | os.PathLike | None = No
                           "CSV of path,label") from None
     except OSError as error:
         raise LabelsError(f"cannot read the label file {file}: {error.strerror or error}") from None
-    if not rows:
+    if not given:
         raise LabelsError(f"the label file {file} has a header but no rows: add one line path,label per image")
-    return rows
+    return given
 
 
 def _relative(path: str, root: str | os.PathLike | None) -> str:
@@ -260,7 +262,8 @@ def _relative(path: str, root: str | os.PathLike | None) -> str:
     An absolute path outside `root` (or with no root) is kept as it is: it names no image of the collection.
     """
     if not os.path.isabs(path):
-        return PurePosixPath(path).as_posix()  # "./cats//a.jpg" -> "cats/a.jpg"
+        # "./cats//a.jpg" -> "cats/a.jpg"; most paths need nothing, and a million calls of normpath cost a second
+        return posixpath.normpath(path) if path.startswith(".") or "/." in path or "//" in path else path
     if root is not None:
         for base in dict.fromkeys((os.path.abspath(root), os.path.realpath(root))):
             try:
@@ -272,12 +275,13 @@ def _relative(path: str, root: str | os.PathLike | None) -> str:
     return path
 
 
-def table_labels(paths: Sequence[str], rows: Sequence[tuple[int, str, str]]) -> tuple[list[str | None], list[str]]:
-    """The label of each path from (line, path, label) rows, None where none is given; and the paths no image has."""
-    given = {path: label or None for _, path, label in rows}
-    present = set(paths)
-    unmatched = [path for _, path, _ in rows if path not in present]
-    return [given.get(path) for path in paths], unmatched
+def table_labels(
+    paths: Sequence[str], given: dict[str, tuple[str | None, int]]
+) -> tuple[list[str | None], list[str]]:
+    """The label of each path from {path: (label, line)}, None where none is given; and the paths no image has."""
+    left = dict(given)
+    names = [left.pop(path, _NONE)[0] for path in paths]  # what is left names no image (paths are distinct)
+    return names, list(left)
 
 
 def encode(names: Sequence[str | None]) -> tuple[np.ndarray, np.ndarray]:

@@ -16,7 +16,7 @@ from imagesearch.labels import (
     folder_labels,
     labels_of,
     prefix_labels,
-    read_label_rows,
+    read_label_file,
 )
 
 #: The demo's layout: <group>__<variant>.jpg at the top level, <collection>/<label>/<name>.jpg below it.
@@ -223,6 +223,11 @@ def test_csv_with_a_byte_order_mark_spaces_extra_columns_and_columns_in_any_orde
     assert labels.names.tolist() == ["cat", "cat", None, None, None]
 
 
+def test_csv_paths_are_read_as_the_collection_writes_them(tmp_path):
+    text = "path,label\n./cats/a.jpg,cat\ncats//b.jpg,cat\ndogs/./c.jpg,dog\nx/../dogs/d.jpg,dog\n"
+    assert labels_of(PATHS, write_csv(tmp_path, text)).names.tolist() == ["cat", "cat", "dog", "dog", None]
+
+
 def test_csv_labels_may_be_any_utf8_text(tmp_path):
     file = write_csv(tmp_path, "path,label\ncats/a.jpg,chat \u00e9tonn\u00e9\ncats/b.jpg,chat \u00e9tonn\u00e9\n")
     assert labels_of(PATHS, file).classes.tolist() == ["chat \u00e9tonn\u00e9"]
@@ -254,9 +259,10 @@ def test_csv_with_an_empty_label_leaves_that_image_unlabelled(tmp_path):
     assert labels_of(PATHS, file).names.tolist() == ["cat", "cat", None, None, None]
 
 
-def test_csv_repeating_a_row_is_fine(tmp_path):
-    file = write_csv(tmp_path, "path,label\ncats/a.jpg,cat\ncats/b.jpg,cat\ncats/a.jpg,cat\n")
-    assert labels_of(PATHS, file).labelled == 2
+def test_csv_repeating_a_row_is_fine_and_counts_once(tmp_path):
+    file = write_csv(tmp_path, "path,label\ncats/a.jpg,cat\ncats/b.jpg,cat\ncats/a.jpg,cat\ngone.jpg,x\ngone.jpg,x\n")
+    labels = labels_of(PATHS, file)
+    assert (labels.labelled, labels.unmatched_rows) == (2, 1)
 
 
 def test_csv_giving_one_path_two_labels_names_the_path_and_both_lines(tmp_path):
@@ -268,7 +274,7 @@ def test_csv_giving_one_path_two_labels_names_the_path_and_both_lines(tmp_path):
 def test_csv_line_with_a_label_but_no_path_is_refused(tmp_path):
     file = write_csv(tmp_path, "path,label\ncats/a.jpg,cat\n,cat\n")
     with pytest.raises(LabelsError, match="label 'cat' on line 3 to no path"):
-        read_label_rows(file)
+        read_label_file(file)
 
 
 @pytest.mark.parametrize(
