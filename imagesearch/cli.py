@@ -13,10 +13,11 @@ import numpy as np
 
 from .collection import SKIPPED_FILE, load_embeddings, load_previous_embeddings, save_embeddings
 from .errors import UserFacingError
-from .evaluate import evaluate, self_check
+from .evaluate import COMPARED, compare_configurations, score_index, self_check
 from .extract import extract_embeddings
 from .images import open_rgb
 from .index import SearchIndex, build_index, load_index, load_previous_index, save_index
+from .labels import labels_of
 from .query import search_image, search_indexed
 from .retrieval import DEFAULT_RETRIEVAL, PRESETS
 from .runtimes import CHOICES as RUNTIME_CHOICES
@@ -130,10 +131,24 @@ def query(args: argparse.Namespace) -> int:
 
 
 def evaluate_index(args: argparse.Namespace) -> int:
-    """Print precision@k of finding an image's group, for collections named `<group>__<variant>.<ext>`."""
+    """Score the saved index on its own images against their labels; then, with --compare, each configuration."""
     search_index = load_index(index_dir(args.artifacts))
-    precision = evaluate(search_index, k=args.k)
-    print(f"precision@{args.k} = {precision:.3f} over {len(search_index)} queries ({search_index.embedder})")
+    labels = labels_of(search_index.paths, args.labels, root=search_index.image_root)
+    ks = tuple(sorted({1, args.k, 10} & set(range(1, len(search_index)))))
+    scores = score_index(search_index, labels, ks)
+    print(f"precision@{args.k} = {scores.overall[f'precision@{args.k}']:.3f}, mAP@{args.k} = "
+          f"{scores.overall[f'mAP@{args.k}']:.3f} over {scores.evaluated} queries: the saved index as built "
+          f"({search_index.factory}, {search_index.retrieval}; {search_index.embedder})")
+    print(f"labels: {labels.summary()}")
+    if args.compare:
+        embeddings = load_embeddings(embeddings_dir(args.artifacts))
+        compared = compare_configurations(embeddings, labels, args.compare.split(";"), ks)
+        names = list(dict.fromkeys([f"precision@{ks[0]}", f"precision@{args.k}", f"recall@{args.k}", f"mAP@{args.k}",
+                                    f"mAP@{ks[-1]}"]))
+        print("each configuration in an exact index of the same embeddings:")
+        print(f"  {'configuration':<22}" + "".join(f"{name:>14}" for name in names))
+        for config, result in compared.items():
+            print(f"  {config:<22}" + "".join(f"{result.overall[name]:>14.3f}" for name in names))
     return 0
 
 
@@ -156,8 +171,15 @@ def parser() -> argparse.ArgumentParser:
     index_command = commands.add_parser("index", help="build or update the index from the saved embeddings")
     query_command = commands.add_parser("query", help="find the indexed images nearest to an image file")
     evaluate_command = commands.add_parser(
-        "evaluate", help="precision@k of finding each image's group (files named <group>__<variant>.jpg)"
+        "evaluate", help="precision@k, recall@k and mAP@k of the index on its own labelled images"
     )
+    evaluate_command.add_argument(
+        "--labels", default="auto",
+        help="where labels come from: folder (each image's folder), prefix (<label>__name.jpg), auto (the prefix "
+        "where a name has one, else the folder), or a CSV file of path,label (default: %(default)s)")
+    evaluate_command.add_argument(
+        "--compare", nargs="?", const=";".join(COMPARED), default=None,
+        help=f"also score these retrieval configurations, separated by ';' (default: {';'.join(COMPARED)})")
     functions = {build_command: build, extract_command: extract, index_command: index}
     functions |= {query_command: query, evaluate_command: evaluate_index}
     for command, function in functions.items():

@@ -1,13 +1,24 @@
-"""Retrieval quality on a labelled collection, such as the demo images whose names carry their group."""
+"""Retrieval quality on a labelled collection: every indexed image searched for in turn, its neighbours scored
+by whether they share its label (`labels`: from folders, file-name prefixes or a CSV; `metrics`: precision@k,
+recall@k, mAP@k); and what must hold for any exact index (`self_check`)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 import numpy as np
 
-from .index import SearchIndex
+from .collection import Embeddings
+from .index import SearchIndex, build_index
+from .labels import Labels, labels_of
+from .metrics import Scores, score
+from .retrieval import Retrieval
+
+#: The cut-offs evaluation reports, and the configurations it compares unless told otherwise.
+KS = (1, 5, 10)
+COMPARED = ("plain", "cosine", "whiten", "qe", "dba", "recommended")
 
 
 def group_of(path: str, separator: str = "__") -> str:
@@ -40,6 +51,29 @@ def precision_at_k(neighbours: np.ndarray, labels: np.ndarray) -> float:
     """
     labels = np.asarray(labels)
     return float(np.mean((labels[neighbours] == labels[:, None]) & (neighbours >= 0)))
+
+
+def score_index(search_index: SearchIndex, labels: str | Labels = "auto", ks: Sequence[int] = KS,
+                root: str | None = None) -> Scores:
+    """Score an index on its own images: each searched for by its vector (as an outside photo would be, and
+    without itself), its `max(ks)` nearest others scored against `labels` ("auto", "folder", "prefix", a CSV
+    file of path,label, or `Labels` already read)."""
+    if not isinstance(labels, Labels):
+        labels = labels_of(search_index.paths, labels, root=root or search_index.image_root)
+    neighbours = neighbour_rows(search_index, max(ks))
+    return score(neighbours, labels.codes, labels.codes, ks=ks, label_names=labels.classes)
+
+
+def compare_configurations(
+    embeddings: Embeddings, labels: str | Labels = "auto", configurations: Sequence[str | Retrieval] = COMPARED,
+    ks: Sequence[int] = KS, factory: str = "Flat",
+) -> dict[str, Scores]:
+    """Score each retrieval configuration on the same embeddings and labels, each in an index built for it
+    (exact search by default, so that only the configuration differs)."""
+    if not isinstance(labels, Labels):
+        labels = labels_of(embeddings.paths, labels, root=embeddings.image_root)
+    return {str(Retrieval.parse(config)): score_index(build_index(embeddings, factory, retrieval=config), labels, ks)
+            for config in configurations}
 
 
 def evaluate(search_index: SearchIndex, k: int = 5) -> float:

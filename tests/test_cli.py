@@ -81,7 +81,15 @@ def test_evaluate_prints_precision_at_k_over_every_indexed_image(built, run):
     _, artifacts, _ = built
     result = run("evaluate", "--artifacts", str(artifacts), "-k", "2")
     assert result.returncode == 0, result.stderr
-    assert re.match(r"precision@2 = [01]\.\d{3} over 4 queries \(resnet50 ", result.stdout)
+    assert re.match(r"precision@2 = [01]\.\d{3}, mAP@2 = [01]\.\d{3} over 2 queries: the saved index as built "
+                    r"\(Flat, plain; resnet50 ", result.stdout)
+    assert "labels: 2 labels over 3 images (from folders); 1 unlabelled" in result.stdout  # 4 images, one at the top
+    compared = run("evaluate", "--artifacts", str(artifacts), "-k", "2", "--compare", "plain;cosine,qe=1")
+    assert compared.returncode == 0, compared.stderr
+    rows = [line.split() for line in compared.stdout.splitlines() if line.startswith("  ")]
+    assert [row[0] for row in rows] == ["configuration", "plain", "cosine,qe=1"]
+    refused = run("evaluate", "--artifacts", str(artifacts), "--labels", "prefix")
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "prefix" in refused.stderr
 
 
 def as_format_3(artifacts) -> None:
