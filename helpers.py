@@ -35,7 +35,15 @@ from imagesearch.embedders import (
     cpu_supports_bfloat16,
 )
 from imagesearch.errors import UserFacingError
-from imagesearch.evaluate import SelfCheck, evaluate, group_of, precision_at_k, self_check
+from imagesearch.evaluate import (
+    SelfCheck,
+    compare_configurations,
+    evaluate,
+    group_of,
+    precision_at_k,
+    score_index,
+    self_check,
+)
 from imagesearch.extract import embed, extract_embeddings
 from imagesearch.images import (
     DecodeWarning,
@@ -56,15 +64,29 @@ from imagesearch.index import (
     load_previous_index,
     save_index,
 )
+from imagesearch.labels import Labels, LabelsError, labels_of
+from imagesearch.metrics import Scores, score
 from imagesearch.plan import Listing, Plan, list_files, make_plan
 from imagesearch.query import EmbedderMismatchError, check_compatible, search_image, search_indexed
 from imagesearch.records import ImageRecord, Records, Skipped
+from imagesearch.retrieval import PRESETS, RECOMMENDED, Retrieval, RetrievalError
 from imagesearch.runtime import versions
 from imagesearch.runtimes import RUNTIMES, Choice, RuntimeUnavailableError, make_embedder, remembered_choice
 from imagesearch.storage import ArtifactError, DamagedStateError, DamagedStateWarning, embeddings_dir, index_dir
 from imagesearch.tuning import Candidate, Tuning, choose
 
 __all__ = [
+    "score_index",
+    "score",
+    "labels_of",
+    "compare_configurations",
+    "Scores",
+    "RetrievalError",
+    "Retrieval",
+    "RECOMMENDED",
+    "PRESETS",
+    "LabelsError",
+    "Labels",
     "ArtifactError",
     "Changes",
     "DamagedStateError",
