@@ -92,9 +92,11 @@ def _update_index(args: argparse.Namespace) -> SearchIndex:
     with exclusive(embeddings_dir(args.artifacts)):  # no extraction may rewrite the shards while they are read
         embeddings = load_embeddings(embeddings_dir(args.artifacts))
         previous = load_previous_index(index_dir(args.artifacts), embeddings)
+        retrieval = args.retrieval
+        if retrieval is None and args.metric is None and previous is not None:
+            retrieval = previous.retrieval  # an index keeps how it compares vectors until told otherwise
         search_index = build_index(
-            embeddings, args.factory, previous=previous, retrieval=args.retrieval, metric=args.metric,
-            params=args.params,
+            embeddings, args.factory, previous=previous, retrieval=retrieval, metric=args.metric, params=args.params,
             target_recall=args.target_recall, memory_budget=args.memory_budget, progress=True,
         )
     save_index(search_index, index_dir(args.artifacts))
@@ -214,7 +216,7 @@ def parser() -> argparse.ArgumentParser:
         command.add_argument(
             "--retrieval", default=None,
             help=f"how vectors are compared: {', '.join(PRESETS)}, or parts such as cosine,whiten,dba=5,qe=2,alpha=3 "
-            f"(see imagesearch/retrieval.py; default: {DEFAULT_RETRIEVAL})")
+            f"(see imagesearch/retrieval.py; default: the existing index's, else {DEFAULT_RETRIEVAL})")
         command.add_argument("--metric", default=None, choices=["l2", "cosine"],
                              help="that metric alone, nothing else (the same as --retrieval l2 or cosine)")
         command.add_argument("--target-recall", type=float, default=DEFAULT_TARGET_RECALL,

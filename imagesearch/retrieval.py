@@ -148,7 +148,7 @@ PLAIN = Retrieval("l2")
 #: Cosine similarity, αDBA over 5 neighbours and αQE over 2, alpha 3 (Radenović et al.'s setting): the default.
 RECOMMENDED = Retrieval("cosine", dba=5, qe=2)
 #: What `build_index` and the command line use unless told otherwise.
-DEFAULT_RETRIEVAL = PLAIN
+DEFAULT_RETRIEVAL = RECOMMENDED
 PRESETS = {
     "recommended": RECOMMENDED,
     "plain": PLAIN,

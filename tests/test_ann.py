@@ -339,9 +339,10 @@ def test_an_update_adds_removes_and_replaces_vectors_in_place_except_hnsw_which_
 
 def test_hnsw_is_updated_in_place_when_images_are_only_added(tmp_path):
     first = save_embeddings(unsaved(clustered(COUNT, seed=1)), tmp_path / "embeddings")
-    save_index(build_index(first, HNSW, params="efSearch=64"), tmp_path / "index")
+    save_index(build_index(first, HNSW, params="efSearch=64", retrieval="plain"), tmp_path / "index")
     second = next_version(first, add=clustered(200, seed=2))
-    updated = build_index(second, HNSW, previous=load_previous_index(tmp_path / "index", second), params="efSearch=64")
+    updated = build_index(second, HNSW, previous=load_previous_index(tmp_path / "index", second), params="efSearch=64",
+                          retrieval="plain")  # augmented, an added image is stored again: HNSW is rebuilt then
     assert updated.changes == IndexChanges(added=200, removed=0, rebuilt=False)
     assert np.array_equal(held_ids(updated.index), np.sort(second.ids))
 

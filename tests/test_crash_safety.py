@@ -34,6 +34,8 @@ from imagesearch.storage import TEMPORARY_PREFIX, ArtifactError, DamagedStateWar
 DISK_FULL = "No space left on device"
 
 #: The data files each kind of folder commits: a collection's shard (vectors and items) and skipped list, an index.
+#: The indexes here compare raw vectors ("plain"), so that a state is told by its vectors; the file an augmented
+#: index saves beside them is checked in tests/test_retrieval.py.
 DATA_FILES = {"embeddings": ["items.*.parquet", "skipped.*.parquet", "vectors.*.npy"], "index": ["index.*.faiss"]}
 
 # --- small states for in-process failures --------------------------------------------------------
@@ -57,7 +59,7 @@ def saved_a(tmp_path, state_a):
     `other`: where `prepare` saves the embeddings of an index it builds (never the folder under test)."""
     folders = {"embeddings": tmp_path / "embeddings", "index": tmp_path / "index", "other": tmp_path / "other"}
     saved = save_embeddings(state_a, folders["embeddings"])  # state_a itself keeps its vectors in memory
-    save_index(build_index(saved, "Flat"), folders["index"])
+    save_index(build_index(saved, "Flat", retrieval="plain"), folders["index"])
     return folders
 
 
@@ -70,7 +72,7 @@ def prepare(state, folders, what: str):
     """
     if what == "embeddings":
         return state
-    return build_index(save_embeddings(state, folders["other"]), "Flat")
+    return build_index(save_embeddings(state, folders["other"]), "Flat", retrieval="plain")
 
 
 def commit(prepared, folders, what: str) -> None:
@@ -109,7 +111,7 @@ def assert_holds(folders, state) -> None:
     assert loaded.next_id == state.next_id
 
     index = load_index(folders["index"])
-    expected = build_index(state, "Flat")
+    expected = build_index(state, "Flat", retrieval="plain")
     assert np.array_equal(index.ids, expected.ids) and index.paths == expected.paths
     assert index.vectors().tobytes() == state.vectors.tobytes()  # the FAISS file's own vectors, by id
     queries = np.vstack([state.vectors[:3], np.random.default_rng(2).standard_normal((3, state.vectors.shape[1]))])
@@ -247,7 +249,7 @@ for name, value in {KILL_STATES!r}.items():
 def save(name):
     # The embeddings, then an index of them as saved (an index on disk points at the saved embeddings).
     saved = save_embeddings(states[name], folder / "embeddings")
-    save_index(build_index(saved, "Flat"), folder / "index")
+    save_index(build_index(saved, "Flat", retrieval="plain"), folder / "index")
 """
 
 SAVE_FOREVER = CHILD_PRELUDE + """
@@ -352,7 +354,7 @@ def test_process_killed_at_random_moments_while_saving_leaves_each_folder_wholly
 
     # One more save cleans up what the kills left: temporary files and unreferenced data files.
     saved = save_embeddings(load_embeddings(tmp_path / "embeddings"), tmp_path / "embeddings")
-    save_index(build_index(saved, "Flat"), tmp_path / "index")
+    save_index(build_index(saved, "Flat", retrieval="plain"), tmp_path / "index")
     assert_one_of_each(data_files(tmp_path / "embeddings"), "embeddings")
     assert_one_of_each(data_files(tmp_path / "index"), "index")
     assert temporary_files(tmp_path / "embeddings") == temporary_files(tmp_path / "index") == []
@@ -388,7 +390,7 @@ def test_process_killed_before_a_file_is_renamed_into_place_keeps_state_and_next
     assert states == (("B", "A", False) if committed else ("A", "A", True))
 
     saved = save_embeddings(load_embeddings(tmp_path / "embeddings"), tmp_path / "embeddings")
-    save_index(build_index(saved, "Flat"), tmp_path / "index")
+    save_index(build_index(saved, "Flat", retrieval="plain"), tmp_path / "index")
     for directory in ["embeddings", "index"]:
         assert_one_of_each(data_files(tmp_path / directory), directory)
         assert temporary_files(tmp_path / directory) == []

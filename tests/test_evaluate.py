@@ -49,7 +49,7 @@ def test_precision_at_k_on_a_hand_worked_example():
 def test_neighbour_rows_are_the_k_nearest_others(make_embeddings):
     vectors = np.random.default_rng(0).normal(size=(30, 8)).astype(np.float32)
     # zero-padded names: the index's rows are in path order, which is then the order of `vectors`
-    index = build_index(make_embeddings(vectors, [f"img_{row:02d}.jpg" for row in range(30)]))
+    index = build_index(make_embeddings(vectors, [f"img_{row:02d}.jpg" for row in range(30)]), retrieval="plain")
     assert index.paths == [f"img_{row:02d}.jpg" for row in range(30)]
     rows = neighbour_rows(index, k=4)
     assert rows.shape == (30, 4)

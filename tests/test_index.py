@@ -37,13 +37,13 @@ def embeddings(make_embeddings, vectors):
 
 @pytest.fixture(scope="module")
 def flat(embeddings):
-    return build_index(embeddings, "Flat")
+    return build_index(embeddings, "Flat", retrieval="plain")  # squared L2 between raw vectors, checked by hand
 
 
 @pytest.fixture
 def saved_flat(tmp_path, embeddings):
     """A Flat index of the embeddings as saved in tmp_path/embeddings (an index is saved only from those)."""
-    return build_index(save_embeddings(embeddings, tmp_path / "embeddings"), "Flat")
+    return build_index(save_embeddings(embeddings, tmp_path / "embeddings"), "Flat", retrieval="plain")
 
 
 def brute_force_paths(vectors: np.ndarray, query: np.ndarray, paths: list[str], k: int) -> list[str]:
@@ -76,7 +76,7 @@ def test_identical_twins_tie_at_distance_zero_and_are_counted_not_failed(make_em
     twins = vectors.copy()
     twins[1] = twins[0]  # two images with one vector: only one of them can come first for both
     twins[[7, 8, 9]] = twins[6]  # and three copies of another
-    index = build_index(make_embeddings(twins, [f"img_{row:02d}.jpg" for row in range(len(twins))]))
+    index = build_index(make_embeddings(twins, [f"img_{row:02d}.jpg" for row in range(len(twins))]), retrieval="plain")
     check = self_check(index, k=2)
     assert check.passed
     assert check.twins == 6  # 0 and 1; 6, 7, 8 and 9
@@ -86,7 +86,7 @@ def test_identical_twins_tie_at_distance_zero_and_are_counted_not_failed(make_em
 def test_very_similar_images_are_not_counted_as_twins(make_embeddings, vectors):
     close = vectors.copy()
     close[1] = close[0] + np.float32(1e-3)  # squared distance 1.6e-5: a millionth of the squared norm, yet not equal
-    index = build_index(make_embeddings(close, [f"img_{row:02d}.jpg" for row in range(len(close))]))
+    index = build_index(make_embeddings(close, [f"img_{row:02d}.jpg" for row in range(len(close))]), retrieval="plain")
     check = self_check(index)
     assert check.passed and check.twins == 0
 
@@ -100,7 +100,8 @@ def test_self_check_notices_an_image_that_comes_back_second_behind_a_different_o
             distances, ids = self.index.search(queries, k)
             return distances[:, [1, 0, *range(2, k)]], ids[:, [1, 0, *range(2, k)]]
 
-    index = build_index(make_embeddings(vectors, [f"img_{row:02d}.jpg" for row in range(len(vectors))]))
+    paths = [f"img_{row:02d}.jpg" for row in range(len(vectors))]
+    index = build_index(make_embeddings(vectors, paths), retrieval="plain")
     wrong = dataclasses.replace(index, index=SwapsTheFirstTwo(index.index))
     check = self_check(wrong)
     assert not check.finds_itself and not check.distances_sorted and not check.passed
@@ -171,7 +172,9 @@ def test_save_then_load_index_answers_the_same(tmp_path, make_embeddings, factor
     embeddings = make_embeddings(data, [f"img_{row:03d}.jpg" for row in range(200)])
     original = build_index(save_embeddings(embeddings, tmp_path / "embeddings"), factory)
     written = save_index(original, tmp_path / "index")
-    assert sorted(path.name for path in written) == sorted([index_file(tmp_path / "index").name, METADATA_FILE])
+    metadata = json.loads((tmp_path / "index" / METADATA_FILE).read_text())
+    assert sorted(path.name for path in written) == sorted([metadata["index_file"], metadata["retrieval_file"],
+                                                            METADATA_FILE])  # the default augments: its table
     loaded = load_index(tmp_path / "index")
     assert (loaded.paths, loaded.embedder, loaded.factory, loaded.image_root) == (
         original.paths, original.embedder, original.factory, original.image_root,

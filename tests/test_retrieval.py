@@ -15,12 +15,13 @@ import numpy as np
 import pytest
 from test_ann import clustered, next_version, unsaved
 
+from imagesearch.collection import load_embeddings as load_embeddings_of
 from imagesearch.collection import save_embeddings
 from imagesearch.evaluate import neighbour_rows, precision_at_k
 from imagesearch.extract import extract_embeddings
 from imagesearch.index import METADATA_FILE, build_index, load_index, load_previous_index, save_index
 from imagesearch.retrieval import PLAIN, PRESETS, RECOMMENDED, Retrieval, RetrievalError, Whitening
-from imagesearch.storage import DamagedStateError
+from imagesearch.storage import DamagedStateError, DamagedStateWarning
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -128,6 +129,13 @@ def test_an_indexed_image_is_not_blended_into_its_own_expanded_query(vectors):
     assert not np.array_equal(included, excluded)
 
 
+def test_an_indexed_image_searched_for_comes_first_under_the_default(vectors):
+    built = build_index(unsaved(vectors), "Flat")
+    assert built.retrieval == RECOMMENDED
+    _, found = built.search_ids(vectors[:50], 1)
+    assert np.array_equal(found[:, 0], built.ids[:50])
+
+
 def test_a_compressed_index_reranks_by_the_blended_vectors():
     vectors = clustered(1200, seed=12)
     exact = build_index(unsaved(vectors), "Flat", retrieval="recommended")
@@ -188,7 +196,8 @@ def test_a_damaged_retrieval_file_is_named_in_one_line(tmp_path, vectors, damage
     with pytest.raises(DamagedStateError) as caught:
         load_index(tmp_path / "index")
     assert path.name in str(caught.value) and "\n" not in str(caught.value)
-    assert load_previous_index(tmp_path / "index") is None  # and an update rebuilds it
+    with pytest.warns(DamagedStateWarning, match=path.name):
+        assert load_previous_index(tmp_path / "index") is None  # and an update rebuilds it
 
 
 def photos_with_labels(folder: Path, embedder):
@@ -206,3 +215,49 @@ def test_the_recommended_configuration_beats_plain_l2_on_real_photos(tflite_embe
                  for name in ("plain", "recommended")}
     print(f"\nprecision@5 on {collection} with {embeddings.embedder}: {precision}")
     assert precision["recommended"] >= precision["plain"] + 0.04
+
+
+KILLED_BEFORE_THE_RETRIEVAL_FILE = """
+import os, signal, sys
+from fnmatch import fnmatch
+from pathlib import Path
+import numpy as np
+from imagesearch.collection import Embeddings, save_embeddings
+from imagesearch.embedders import EmbedderInfo
+from imagesearch.index import build_index, save_index
+from imagesearch.records import ImageRecord
+
+folder = Path(sys.argv[1])
+def save(name, seed):
+    vectors = np.random.default_rng(seed).normal(size=(60, 8)).astype(np.float32)
+    items = [ImageRecord(row, f"{name}/{row:02}.jpg", 0, 0, f"{row:064x}") for row in range(60)]
+    embeddings = Embeddings(vectors, items, EmbedderInfo("test", "none", 8, (224, 224)), "/nowhere", next_id=60)
+    saved = save_embeddings(embeddings, folder / name / "embeddings")
+    save_index(build_index(saved, "Flat", retrieval="recommended"), folder / "index")
+save("a", 0)
+real_replace = os.replace
+def replace(source, destination):
+    if fnmatch(Path(destination).name, "retrieval.*.npz"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    real_replace(source, destination)
+os.replace = replace
+save("b", 1)
+"""
+
+
+def test_a_save_killed_before_its_retrieval_file_is_in_place_leaves_the_previous_index_whole(tmp_path, repo_root):
+    import signal
+    import subprocess
+    import sys
+
+    child = subprocess.run([sys.executable, "-c", KILLED_BEFORE_THE_RETRIEVAL_FILE, str(tmp_path)], cwd=repo_root,
+                           capture_output=True, text=True, timeout=120)
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    index = load_index(tmp_path / "index")  # the save of "a", whole: its FAISS file, table and metadata agree
+    assert index.paths[0].startswith("a/") and index.augmentation is not None and len(index.augmentation) == 60
+    assert [path.name for path in (tmp_path / "index").glob("retrieval.*.npz")] == \
+        [json.loads((tmp_path / "index" / METADATA_FILE).read_text())["retrieval_file"]]
+    save_index(index_of_b := build_index(load_embeddings_of(tmp_path / "b" / "embeddings"), "Flat"), tmp_path / "index")
+    assert len(list((tmp_path / "index").glob("retrieval.*.npz"))) == 1  # the next save cleans up
+    assert not [path for path in (tmp_path / "index").iterdir() if path.name.startswith(".tmp")]
+    assert load_index(tmp_path / "index").paths == index_of_b.paths

@@ -90,8 +90,8 @@ def test_health_and_stats_describe_what_is_served(client):
     stats = client.get("/stats").json()
     assert stats | {"committed": None} == {
         "backbone": "resnet50", "weights": "random(seed=0)", "runtime": "tensorflow",
-        "collection_runtime": "tensorflow", "dimension": 2048, "metric": "l2", "retrieval": "plain", "index": "Flat",
-        "exact": True,
+        "collection_runtime": "tensorflow", "dimension": 2048, "metric": "cosine", "retrieval": "recommended",
+        "index": "Flat", "exact": True,
         "images": 21, "recall_at_10": None, "collection_version": 1, "committed": None,
     }
     assert stats["committed"].endswith("+00:00")
