@@ -128,7 +128,7 @@ def query(args: argparse.Namespace) -> int:
 
 
 def evaluate_index(args: argparse.Namespace) -> int:
-    """Print precision@k of finding an image's group, for collections named `<group>__<variant>.<ext>`."""
+    """Print precision@k of finding an image's group: files named `<group>__<variant>.<ext>`, or a folder per group."""
     search_index = load_index(index_dir(args.artifacts))
     precision = evaluate(search_index, k=args.k)
     print(f"precision@{args.k} = {precision:.3f} over {len(search_index)} queries ({search_index.embedder})")
@@ -154,7 +154,8 @@ def parser() -> argparse.ArgumentParser:
     index_command = commands.add_parser("index", help="build or update the index from the saved embeddings")
     query_command = commands.add_parser("query", help="find the indexed images nearest to an image file")
     evaluate_command = commands.add_parser(
-        "evaluate", help="precision@k of finding each image's group (files named <group>__<variant>.jpg)"
+        "evaluate",
+        help="precision@k of finding each image's group (files named <group>__<variant>.jpg, or a folder per group)",
     )
     functions = {build_command: build, extract_command: extract, index_command: index}
     functions |= {query_command: query, evaluate_command: evaluate_index}
