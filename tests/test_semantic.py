@@ -2,7 +2,7 @@
 
 The demo collection has two parts: 16 photos x 7 variants at the top level of `images/` (a query should find
 the other versions of its photo) and 12 Caltech 101 categories x 8 photos in `images/caltech101/<category>/`
-(a query should find other photos of its kind).
+(a query should find other photos of its kind). Each is searched in a Flat index of its own.
 """
 
 from __future__ import annotations
@@ -10,9 +10,10 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import PurePosixPath
 
+import numpy as np
 import pytest
 
-from imagesearch.evaluate import evaluate, group_of
+from imagesearch.evaluate import evaluate, group_of, neighbour_rows, precision_at_k
 from imagesearch.extract import extract_embeddings
 from imagesearch.index import SearchIndex, build_index
 
@@ -54,3 +55,12 @@ def test_pretrained_embeddings_find_variants_of_the_same_photo(demo_embeddings, 
     print(f"\nprecision@5 on the demo variants with {demo_embeddings.embedder}: {precision:.3f}")
     assert precision >= 0.90
 
+
+def test_pretrained_embeddings_find_other_photos_of_the_same_category(demo_embeddings, make_embeddings):
+    index = flat_index_of(demo_embeddings, make_embeddings, lambda path: path.startswith(CALTECH))
+    assert len(index) == 96
+    labels = np.array([PurePosixPath(path).parent.name for path in index.paths])  # the category's folder
+    precision = precision_at_k(neighbour_rows(index, k=5), labels)
+    print(f"\nprecision@5 on the 96 Caltech demo photos with {demo_embeddings.embedder}: {precision:.3f}")
+    # Measured 0.854 (plain L2, Flat); picking 5 of the 95 others at random would score 7/95, about 0.07.
+    assert precision >= 0.80
