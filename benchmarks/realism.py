@@ -67,7 +67,8 @@ def source_photos(folders: tuple[Path, ...] = PHOTO_FOLDERS) -> list[Path]:
     """The photos to augment: every image of the shared Caltech folders, and the originals of the repo's demo set.
 
     The demo set's other files are edited copies of its 16 originals (a crop, a mirror image...); augmenting
-    them as well would make groups of 7 x more near-duplicates than any other photo has.
+    them as well would make groups of 7 x more near-duplicates than any other photo has. Its `caltech101/`
+    holds the photos of the shared `caltech101_demo`, already taken from there: they are left out too.
     """
     photos = []
     for folder in folders:

@@ -1,4 +1,4 @@
-"""Regenerate the demo image collection that ships with this repository.
+"""Regenerate the demo collection's variant images, the top level of ``images/``.
 
 Every photo comes bundled inside the installed scikit-image and scikit-learn
 packages, so nothing is downloaded. Each photo becomes a *group* of seven files
@@ -6,6 +6,9 @@ named ``<group>__<variant>.jpg``: the original plus six edited copies. Because
 the file name carries the group, the folder doubles as a small evaluation set.
 Output is deterministic (byte-identical on every run); sources and licences are
 listed in ``ATTRIBUTION.md``.
+
+The Caltech 101 photos in ``caltech101/`` are unchanged copies, not made here:
+this script never writes, deletes or regenerates anything in a subfolder.
 
 Usage: python images/make_demo_images.py [--out DIR] [--max-side 512]
 """
@@ -101,7 +104,7 @@ def limit_size(image: Image.Image, max_side: int) -> Image.Image:
 
 
 def remove_stale_images(out_dir: Path) -> None:
-    """Delete ``<group>__<variant>.jpg`` files from earlier runs, and nothing else."""
+    """Delete ``<group>__<variant>.jpg`` files from earlier runs, and nothing else (subfolders are not entered)."""
     for variant in VARIANTS:
         for path in out_dir.glob(f"*__{variant}.jpg"):
             path.unlink()

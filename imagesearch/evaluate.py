@@ -22,8 +22,16 @@ COMPARED = ("plain", "cosine", "whiten", "qe", "dba", "recommended")
 
 
 def group_of(path: str, separator: str = "__") -> str:
-    """Return the group a demo image belongs to: its file name up to `separator` ("cat__mirror.jpg" -> "cat")."""
-    return PurePosixPath(path).name.split(separator)[0]
+    """Return the group an image belongs to: its file name up to `separator`, else the folder it is in.
+
+    "cat__mirror.jpg" -> "cat" (a version of one photo), "caltech101/cup/image_0001.jpg" -> "caltech101/cup"
+    (a folder per label). The folder's whole path, not its last name, so that a folder `camera/` is no group
+    of `camera__crop.jpg`'s. A file with neither is a group of its own: its name.
+    """
+    posix = PurePosixPath(path)
+    if separator in posix.name or posix.parent == PurePosixPath("."):
+        return posix.name.split(separator)[0]
+    return str(posix.parent)
 
 
 def neighbour_rows(search_index: SearchIndex, k: int) -> np.ndarray:
@@ -77,7 +85,7 @@ def compare_configurations(
 
 
 def evaluate(search_index: SearchIndex, k: int = 5) -> float:
-    """Precision@k of retrieving an image's own group, querying every indexed image in turn."""
+    """Precision@k of retrieving an image's own group (`group_of`), querying every indexed image in turn."""
     labels = np.array([group_of(path) for path in search_index.paths])
     return precision_at_k(neighbour_rows(search_index, k), labels)
 

@@ -87,7 +87,7 @@ class FolderScan:
     ignored: Counter = field(default_factory=Counter)
 
     def summary(self) -> str:
-        """E.g. "112 image files; 2 others ignored: 2 not images by their extension (.md, .py)"."""
+        """E.g. "208 image files; 2 others ignored: 2 not images by their extension (.md, .py)"."""
         return f"{len(self.images)} image files; {describe_ignored(self.ignored)}"
 
 

@@ -43,7 +43,7 @@ pytestmark = pytest.mark.browser
 IMAGES = REPO_ROOT / "images"
 NOTEBOOK_01, NOTEBOOK_02, NOTEBOOK_03 = "01_extract_embeddings.ipynb", "02_build_index.ipynb", "03_search.ipynb"
 
-# Generous for a slow 2-core machine (ResNet50 at ~11 images/s: notebook 01 embeds 112 images), but finite.
+# Generous for a slow 2-core machine (ResNet50 at ~11 images/s: notebook 01 embeds 208 images), but finite.
 RUN_ALL_SECONDS = 600
 #: How long the app may take to answer one action (the first upload traces the model's graph: seconds).
 APP_SECONDS = 90
@@ -61,24 +61,25 @@ ANSI = re.compile(r"\x1b\[[0-9;]*m")
 #: Lines of the committed outputs (what nbval compares) that must also be on the page, by notebook.
 FACTS = {
     NOTEBOOK_01: [
-        "112 image files; 2 others ignored: 2 not images by their extension (.md, .py)",
-        "plan: 0 unchanged, 112 to read, 0 gone",
-        "this run: 112 added, 0 changed, 0 removed, 0 renamed, 0 unchanged, 0 skipped",
-        "112 images embedded, 0 skipped; embeddings 112 x 2048 float32",
+        "208 image files; 2 others ignored: 2 not images by their extension (.md, .py)",
+        "plan: 0 unchanged, 208 to read, 0 gone",
+        "this run: 208 added, 0 changed, 0 removed, 0 renamed, 0 unchanged, 0 skipped",
+        "208 images embedded, 0 skipped; embeddings 208 x 2048 float32",
         "0 files in skipped.csv",
-        "Nothing new to embed: 112 images unchanged since the last run.",
+        "Nothing new to embed: 208 images unchanged since the last run.",
         "images embedded by the model: 0",
+        "96 Caltech 101 photos in 12 categories",
     ],
     NOTEBOOK_02: [
-        "Flat index (l2): 112 vectors of 2048 dimensions",
-        "candidates: Flat, HNSW32, IVF2,Flat",
+        "Flat index (l2): 208 vectors of 2048 dimensions",
+        "candidates: Flat, HNSW32, IVF4,Flat",
         "chosen: Flat",
         "itself first (or tied with an identical twin): yes",
         "distance to itself about 0: yes",
         "5 neighbours of astronaut__blur.jpg; itself among them: False",
     ],
     NOTEBOOK_03: [
-        "112 images in a Flat index of 2048-d vectors",
+        "208 images in a Flat index of 2048-d vectors",
         "status line: 5 nearest neighbours of astronaut__blur.jpg",
         "tiles in view: 6 (the query, then its neighbours)",
         "rocket__scale.jpg finds itself first: True",

@@ -1,4 +1,4 @@
-"""Retrieval quality measures: groups from file names, precision@k, neighbours without self."""
+"""Retrieval quality measures: groups from file names or folders, precision@k, neighbours without self."""
 
 from __future__ import annotations
 
@@ -31,6 +31,22 @@ def clustered(make_embeddings):
 )
 def test_group_of_is_the_file_name_up_to_the_separator(path, group):
     assert group_of(path) == group
+
+
+@pytest.mark.parametrize(
+    "path, group",
+    [
+        ("caltech101/cup/image_0001.jpg", "caltech101/cup"),
+        ("cup/image_0001.jpg", "cup"),
+        ("holiday.jpg", "holiday.jpg"),  # neither a separator nor a folder: a group of its own
+    ],
+)
+def test_group_of_a_name_without_the_separator_is_its_folder(path, group):
+    assert group_of(path) == group
+
+
+def test_a_folder_and_a_file_name_of_the_same_word_are_different_groups():
+    assert group_of("caltech101/camera/image_0001.jpg") != group_of("camera__crop.jpg")
 
 
 def test_precision_at_k_on_a_hand_worked_example():
@@ -77,6 +93,14 @@ def test_neighbour_rows_need_more_images_than_k(make_embeddings):
 
 def test_evaluate_is_perfect_on_well_separated_groups(make_embeddings, clustered):
     vectors, paths = clustered
+    assert evaluate(build_index(make_embeddings(vectors, paths)), k=MEMBERS - 1) == 1.0
+
+
+def test_evaluate_finds_groups_in_folders_as_well_as_in_file_names(make_embeddings, clustered):
+    vectors, _ = clustered
+    # two clusters named like the demo's variants, two in a folder each like its Caltech photos (same names inside)
+    name = {0: "a0__v{m}.jpg", 1: "a1__v{m}.jpg", 2: "photos/set2/image_{m}.jpg", 3: "photos/set3/image_{m}.jpg"}
+    paths = [name[g].format(m=m) for g in range(GROUPS) for m in range(MEMBERS)]
     assert evaluate(build_index(make_embeddings(vectors, paths)), k=MEMBERS - 1) == 1.0
 
 

@@ -74,7 +74,7 @@ def quiet_make(*args, **kwargs):
 
 @pytest.mark.parametrize("runtime", AVAILABLE)
 def test_every_runtime_embeds_all_demo_images_within_its_bar(runtime, choice, demo, random_resnet):
-    """Measured again here on all 112 demo images, beyond the 64 `auto` measured on."""
+    """Measured again here on all 208 demo images, beyond the 64 `auto` measured on."""
     embedder = quiet_make("resnet50", "random", seed=0, runtime=runtime)
     assert embedder.info.runtime == runtime
     fidelity = compare(random_resnet.embed(demo[1]), embedder.embed(demo[1]))
