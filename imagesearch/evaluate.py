@@ -136,18 +136,19 @@ def self_check(search_index: SearchIndex, k: int = 5, sample: int | None = None)
     ids = np.array(search_index.ids, dtype=np.int64)
     if sample is not None and sample < len(ids):
         ids = ids[np.linspace(0, len(ids) - 1, sample).astype(int)]
-    vectors = search_index.stored_vectors_of(ids)  # as the index holds them: each must find itself at distance 0
-    distances, found = search_index.search_ids(vectors, min(max(k, 2), len(search_index)), expand=False,
-                                               prepared=True)
+    vectors = search_index.vectors_of(ids)
+    distances, found = search_index.search_ids(vectors, min(max(k, 2), len(search_index)))
     scale = np.maximum((vectors**2).sum(axis=1), 1e-12)[:, None]
     # FAISS computes |x|^2 + |y|^2 - 2xy in float32: a distance to itself comes back as up to ~1e-6 of the squared
     # norm, about as far as two different but very similar images (a photo and its scaled copy, under random
     # weights). So its distances only find candidate twins; the stored vectors decide, compared directly.
-    at_zero = np.abs(distances) <= 1e-4 * scale
+    # A cosine index reports 1 - cos, whatever the vectors' length; with blending or expansion, an image is put
+    # first by its own vector (`SearchIndex._copies_first`), at that distance.
+    at_zero = np.abs(distances) <= 1e-4 * (1.0 if search_index.space.inner_product else scale)
     rows, columns = np.nonzero(at_zero & (found != ids[:, None]) & (found >= 0))
     twin = np.zeros_like(at_zero)
     if rows.size:
-        gaps = ((search_index.stored_vectors_of(found[rows, columns]) - vectors[rows]) ** 2).sum(axis=1)
+        gaps = ((search_index.vectors_of(found[rows, columns]) - vectors[rows]) ** 2).sum(axis=1)
         same = gaps <= 1e-8 * scale[rows, 0]
         twin[rows[same], columns[same]] = True
     return SelfCheck(

@@ -191,9 +191,14 @@ class SearchIndex:
                               structure.compressed, stored=blended, is_prepared=True)
 
         with _faiss_threads(1 if len(queries) == 1 else None):
-            if not expanding:
+            if not (expanding or blended):
                 return search(prepared, k)
-            distances, found = search(prepared, self.retrieval.qe + (exclude is not None))
+            # Deeper than the answers need: copies of the query are looked for among these (`_copies_first`)
+            first_distances, first = search(prepared, max(k, self.retrieval.qe + 1) + COPY_CANDIDATES)
+            if not expanding:
+                return self._copies_first(prepared, first_distances[:, :k], first[:, :k], first)
+            wanted = self.retrieval.qe + (exclude is not None)
+            distances, found = first_distances[:, :wanted], first[:, :wanted]
             if exclude is not None:
                 own = found == np.asarray(exclude, dtype=np.int64)[:, None]
                 order = np.argsort(own, axis=1, kind="stable")  # the query's own image to the end
@@ -201,7 +206,42 @@ class SearchIndex:
                 distances = np.take_along_axis(distances, order, axis=1)
             expanded = retrieval.expand(prepared, found, 1 - distances, self.stored_vectors_of, self.retrieval.qe,
                                         self.retrieval.qe_alpha)
-            return search(expanded, k)
+            distances, found = search(expanded, k)
+            return self._copies_first(prepared, distances, found, first)
+
+    def _copies_first(self, prepared: np.ndarray, distances: np.ndarray, found: np.ndarray,
+                      first: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The answers with exact copies of each query first, at their own distance (about 0).
+
+        Blending (DBA) and expansion (QE) rank images by their neighbourhoods,
+        so an indexed copy of the query, whose stored vector is blended, need
+        not come out first any more. A reverse image search owes its user that
+        much: images whose own vector is the query's (`COPY_DISTANCE`) are put
+        first, from among the answers and the first search's (`first`).
+        """
+        candidates = found if first is None else np.concatenate([found, first], axis=1)
+        present = np.unique(candidates[candidates >= 0])
+        if self.store is None or not len(present):
+            return distances, found
+        own = self.space.prepare(self.vectors_of(present)).astype(np.float64)
+        rows, columns = np.nonzero(candidates >= 0)
+        gaps = 1 - np.einsum("ij,ij->i", own[np.searchsorted(present, candidates[rows, columns])],
+                             prepared[rows].astype(np.float64))
+        copy = np.zeros(candidates.shape, bool)
+        copy[rows, columns] = gaps <= COPY_DISTANCE
+        if not copy.any():
+            return distances, found
+        k = found.shape[1]
+        distances, found = distances.copy(), found.copy()
+        for row in np.flatnonzero(copy.any(axis=1)):  # only queries that have a copy: few, or one
+            mine = rows == row
+            own_gaps = dict(zip(candidates[row, columns[mine]].tolist(), gaps[mine].tolist()))
+            copies = sorted({image for image in candidates[row][copy[row]].tolist()}, key=own_gaps.__getitem__)
+            rest = [(distance, image) for distance, image in zip(distances[row], found[row]) if image not in copies]
+            merged = [(max(float(own_gaps[image]), 0.0), image) for image in copies] + rest
+            merged = (merged + [(np.inf, -1)] * k)[:k]
+            distances[row], found[row] = [distance for distance, _ in merged], [image for _, image in merged]
+        return distances, found
 
     def search(self, queries: np.ndarray, k: int, params: str | SearchParams | None = None) -> list[list[Hit]]:
         """Return, for each query vector, its `k` nearest indexed images, nearest first."""
@@ -213,6 +253,14 @@ class SearchIndex:
             found = [(distance, int(row)) for distance, row in zip(query_distances, query_rows) if row >= 0]
             results.append([Hit(rank, paths[row].as_py(), float(dist)) for rank, (dist, row) in enumerate(found)])
         return results
+
+#: An indexed image whose own vector is within this cosine distance of the query's is a copy of it, put first by
+#: `SearchIndex._copies_first`: float32 rounding of one vector against itself is about 1e-7.
+COPY_DISTANCE = 1e-6
+#: How many more candidates than it answers a blended or expanded search reads, to find copies of the query among:
+#: blended, the copy's stored vector is its blend with its neighbours, and ranks among them.
+COPY_CANDIDATES = 16
+
 
 @contextmanager
 def _faiss_threads(count: int | None) -> Iterator[None]:

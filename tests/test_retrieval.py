@@ -124,7 +124,9 @@ def test_an_indexed_image_is_not_blended_into_its_own_expanded_query(vectors):
     similarity[np.arange(5), np.arange(5)] = -np.inf
     nearest_others = np.argsort(-similarity, axis=1, kind="stable")[:, :2]
     expanded = unit(x[:5] + x[nearest_others].sum(axis=1))
-    assert np.array_equal(excluded, built.ids[np.argsort(-(expanded @ x.T), axis=1, kind="stable")[:, :3]])
+    ranked = np.argsort(-(expanded @ x.T), axis=1, kind="stable")
+    others = [[row, *[image for image in ranking if image != row][:2]] for row, ranking in enumerate(ranked)]
+    assert np.array_equal(excluded, built.ids[np.array(others)])  # its copy (itself) first, then the expanded ranking
     _, included = built.search_ids(vectors[:5], 3)
     assert not np.array_equal(included, excluded)
 
@@ -134,6 +136,17 @@ def test_an_indexed_image_searched_for_comes_first_under_the_default(vectors):
     assert built.retrieval == RECOMMENDED
     _, found = built.search_ids(vectors[:50], 1)
     assert np.array_equal(found[:, 0], built.ids[:50])
+
+
+@pytest.mark.parametrize("configuration", ["recommended", "dba", "qe"])
+def test_exact_copies_of_the_query_come_first_at_distance_zero(configuration):
+    vectors = clustered(300, seed=13)
+    vectors[7] = vectors[3]  # two indexed copies of one image
+    built = build_index(unsaved(vectors), "Flat", retrieval=configuration)
+    distances, found = built.search_ids(vectors, 4)
+    assert np.array_equal(found[:, 0], np.where(np.isin(np.arange(300), [3, 7]), found[:, 0], np.arange(300)))
+    assert set(found[3, :2]) == set(found[7, :2]) == {3, 7}
+    assert np.all(distances[:, 0] <= 1e-6) and np.all(distances[:, 1:][~np.isin(found[:, 1:], [3, 7])] > 1e-6)
 
 
 def test_a_compressed_index_reranks_by_the_blended_vectors():
