@@ -8,6 +8,7 @@ images (list, load) -> plan (what to embed) -> embedders + extract (embed)
 
 from imagesearch.ann import IndexSpecError, SearchParams, recall_at_k
 from imagesearch.app import SearchApp
+from imagesearch.backbones import BACKBONES, Backbone, arguments_for
 from imagesearch.collection import (
     Changes,
     Embeddings,
@@ -28,8 +29,8 @@ from imagesearch.embedders import (
     Embedder,
     EmbedderInfo,
     Fidelity,
+    KerasEmbedder,
     RandomWeightsWarning,
-    ResNet50Embedder,
     TFLiteEmbedder,
     WeightsUnavailableError,
     cpu_supports_bfloat16,
@@ -60,12 +61,21 @@ from imagesearch.plan import Listing, Plan, list_files, make_plan
 from imagesearch.query import EmbedderMismatchError, check_compatible, search_image, search_indexed
 from imagesearch.records import ImageRecord, Records, Skipped
 from imagesearch.runtime import versions
-from imagesearch.runtimes import RUNTIMES, Choice, RuntimeUnavailableError, make_embedder, remembered_choice
+from imagesearch.runtimes import (
+    RUNTIMES,
+    Choice,
+    RuntimeUnavailableError,
+    embedder_for,
+    make_embedder,
+    remembered_choice,
+)
 from imagesearch.storage import ArtifactError, DamagedStateError, DamagedStateWarning, embeddings_dir, index_dir
 from imagesearch.tuning import Candidate, Tuning, choose
 
 __all__ = [
     "ArtifactError",
+    "BACKBONES",
+    "Backbone",
     "Changes",
     "DamagedStateError",
     "DamagedStateWarning",
@@ -83,12 +93,12 @@ __all__ = [
     "ImageRecord",
     "IndexChanges",
     "IndexSpecError",
+    "KerasEmbedder",
     "Listing",
     "Plan",
     "Records",
     "RandomWeightsWarning",
     "RUNTIMES",
-    "ResNet50Embedder",
     "RuntimeUnavailableError",
     "SearchApp",
     "SearchIndex",
@@ -99,6 +109,7 @@ __all__ = [
     "Tuning",
     "UserFacingError",
     "WeightsUnavailableError",
+    "arguments_for",
     "build_index",
     "caption",
     "check_compatible",
@@ -106,6 +117,7 @@ __all__ = [
     "compare_indexes",
     "cpu_supports_bfloat16",
     "embed",
+    "embedder_for",
     "embeddings_dir",
     "evaluate",
     "extract_embeddings",
