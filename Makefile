@@ -7,9 +7,10 @@ BIN := $(VENV)/bin
 # `make demo` settings; e.g. `make demo WEIGHTS=random` on a machine without network
 IMAGES ?= images
 ARTIFACTS ?= artifacts
+# resnet50, efficientnetv2b0, convnext_tiny, vit_b16, tflite, keras:… (`python -m imagesearch build --help`)
 BACKBONE ?= resnet50
 WEIGHTS ?= imagenet
-# What computes ResNet50: auto (the fastest runtime on this CPU that matches tensorflow), tensorflow, litert, …
+# What computes the backbone: auto (the fastest runtime on this CPU that matches tensorflow), tensorflow, litert, …
 RUNTIME ?= auto
 # The pretrained model that sits beside the project on our machines (see README: offline weights)
 SHARED_MODEL ?= ../shared/models/mobilenet_v1_1.0_224_quant_embedding_extractor.tflite
@@ -57,11 +58,11 @@ lab: install  ## open the notebooks in JupyterLab, with the same settings as `ma
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
+# The service embeds queries with the model the index names (backbone and weights): only the runtime is chosen here.
 serve: install  ## the search service on http://$(HOST):$(PORT)/ over `make demo`'s artifacts (API docs: /docs)
-	@test -f "$(ARTIFACTS)/index/index.json" || { echo "No index in $(ARTIFACTS)/ to serve: run \`make demo\` first \
-	(with the same WEIGHTS), or pass ARTIFACTS=folder" >&2; exit 2; }
-	IMAGESEARCH_ARTIFACTS="$(abspath $(ARTIFACTS))" IMAGESEARCH_BACKBONE="$(BACKBONE)" \
-	IMAGESEARCH_WEIGHTS="$(LAB_WEIGHTS)" IMAGESEARCH_RUNTIME="$(RUNTIME)" \
+	@test -f "$(ARTIFACTS)/index/index.json" || { echo "No index in $(ARTIFACTS)/ to serve: run \`make demo\` first, \
+	or pass ARTIFACTS=folder" >&2; exit 2; }
+	IMAGESEARCH_ARTIFACTS="$(abspath $(ARTIFACTS))" IMAGESEARCH_RUNTIME="$(RUNTIME)" \
 		$(BIN)/uvicorn imagesearch.service:app --host $(HOST) --port $(PORT)
 
 notebooks: install  ## re-run the notebooks and store their outputs as nbval's expected results

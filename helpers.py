@@ -8,6 +8,7 @@ images (list, load) -> plan (what to embed) -> embedders + extract (embed)
 
 from imagesearch.ann import IndexSpecError, SearchParams, recall_at_k
 from imagesearch.app import SearchApp
+from imagesearch.backbones import BACKBONES, Backbone, arguments_for
 from imagesearch.collection import (
     Changes,
     Embeddings,
@@ -28,8 +29,8 @@ from imagesearch.embedders import (
     Embedder,
     EmbedderInfo,
     Fidelity,
+    KerasEmbedder,
     RandomWeightsWarning,
-    ResNet50Embedder,
     TFLiteEmbedder,
     WeightsUnavailableError,
     cpu_supports_bfloat16,
@@ -71,7 +72,14 @@ from imagesearch.query import EmbedderMismatchError, check_compatible, search_im
 from imagesearch.records import ImageRecord, Records, Skipped
 from imagesearch.retrieval import PRESETS, RECOMMENDED, Retrieval, RetrievalError
 from imagesearch.runtime import versions
-from imagesearch.runtimes import RUNTIMES, Choice, RuntimeUnavailableError, make_embedder, remembered_choice
+from imagesearch.runtimes import (
+    RUNTIMES,
+    Choice,
+    RuntimeUnavailableError,
+    embedder_for,
+    make_embedder,
+    remembered_choice,
+)
 from imagesearch.storage import ArtifactError, DamagedStateError, DamagedStateWarning, embeddings_dir, index_dir
 from imagesearch.tuning import Candidate, Tuning, choose
 
@@ -88,6 +96,8 @@ __all__ = [
     "LabelsError",
     "Labels",
     "ArtifactError",
+    "BACKBONES",
+    "Backbone",
     "Changes",
     "DamagedStateError",
     "DamagedStateWarning",
@@ -105,12 +115,12 @@ __all__ = [
     "ImageRecord",
     "IndexChanges",
     "IndexSpecError",
+    "KerasEmbedder",
     "Listing",
     "Plan",
     "Records",
     "RandomWeightsWarning",
     "RUNTIMES",
-    "ResNet50Embedder",
     "RuntimeUnavailableError",
     "SearchApp",
     "SearchIndex",
@@ -121,6 +131,7 @@ __all__ = [
     "Tuning",
     "UserFacingError",
     "WeightsUnavailableError",
+    "arguments_for",
     "build_index",
     "caption",
     "check_compatible",
@@ -128,6 +139,7 @@ __all__ = [
     "compare_indexes",
     "cpu_supports_bfloat16",
     "embed",
+    "embedder_for",
     "embeddings_dir",
     "evaluate",
     "extract_embeddings",

@@ -11,6 +11,8 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 
+from .backbones import DEFAULT as DEFAULT_BACKBONE
+from .backbones import arguments_for, lines, names
 from .collection import SKIPPED_FILE, load_embeddings, load_previous_embeddings, save_embeddings
 from .errors import UserFacingError
 from .evaluate import COMPARED, compare_configurations, score_index, self_check
@@ -48,7 +50,7 @@ def build(args: argparse.Namespace) -> int:
 def lab_command(args: argparse.Namespace) -> str:
     """The `make lab` command that opens the notebooks with this run's settings (those that differ from make's)."""
     settings = [("IMAGES", args.images, "images"), ("ARTIFACTS", args.artifacts, "artifacts"),
-                ("BACKBONE", args.backbone, "resnet50"), ("WEIGHTS", args.weights, "imagenet"),
+                ("BACKBONE", args.backbone, DEFAULT_BACKBONE), ("WEIGHTS", args.weights, "imagenet"),
                 ("RUNTIME", args.runtime or "auto", "auto")]
     return " ".join(["make lab", *(f"{name}={shlex.quote(str(value))}" for name, value, default in settings
                                    if str(value) != default)])
@@ -121,12 +123,12 @@ def _update_index(args: argparse.Namespace) -> SearchIndex:
 
 
 def query(args: argparse.Namespace) -> int:
-    """Print the k nearest indexed images of one image file."""
+    """Print the k nearest indexed images of one image file, embedded by the model the index names."""
     search_index = load_index(index_dir(args.artifacts))
     search_index.params.merged(args.params).check(search_index.structure)  # before the model loads, as is:
     open_rgb(args.image)  # a file that is no image is reported before the model loads, which takes seconds
-    embedder = make_embedder(args.backbone, args.weights, args.seed, args.runtime, "query",
-                             images=search_index.image_root)
+    backbone, weights, seed = arguments_for(search_index.embedder, args.backbone, args.weights, args.seed)
+    embedder = make_embedder(backbone, weights, seed, args.runtime, "query", images=search_index.image_root)
     for hit in search_image(search_index, embedder, args.image, args.k, params=args.params):
         print(f"{hit.rank + 1:3d}  {hit.distance:12.4f}  {hit.path}")
     return 0
@@ -168,8 +170,13 @@ def _save_examples(search_index, image_root, queries: list[str], figure_path: Pa
 def parser() -> argparse.ArgumentParser:
     main_parser = argparse.ArgumentParser(prog="python -m imagesearch", description=__doc__)
     commands = main_parser.add_subparsers(dest="command", required=True)
-    build_command = commands.add_parser("build", help="embed a folder of images and build its index (extract + index)")
-    extract_command = commands.add_parser("extract", help="embed a folder of images, only what changed since last time")
+    backbones = dict(formatter_class=argparse.RawDescriptionHelpFormatter,
+                     epilog="backbones (--backbone; query and the service read it from the index):\n  "
+                     + "\n  ".join(lines()))
+    build_command = commands.add_parser(
+        "build", help="embed a folder of images and build its index (extract + index)", **backbones)
+    extract_command = commands.add_parser(
+        "extract", help="embed a folder of images, only what changed since last time", **backbones)
     index_command = commands.add_parser("index", help="build or update the index from the saved embeddings")
     query_command = commands.add_parser("query", help="find the indexed images nearest to an image file")
     evaluate_command = commands.add_parser(
@@ -191,16 +198,23 @@ def parser() -> argparse.ArgumentParser:
         )
     for command in (build_command, query_command, evaluate_command):
         command.add_argument("-k", type=int, default=5, help="neighbours per query (default: %(default)s)")
-    for command in (build_command, extract_command, query_command):
-        command.add_argument("--backbone", default="resnet50", help="resnet50 or tflite (default: %(default)s)")
+    for command in (build_command, extract_command):
+        command.add_argument("--backbone", default=DEFAULT_BACKBONE,
+                             help=f"the network that embeds the images: {names()} (default: %(default)s)")
         command.add_argument(
             "--weights", default="imagenet", help="imagenet, random, or a weights/model file (default: %(default)s)"
         )
         command.add_argument("--seed", type=int, default=0, help="seed for --weights random")
+    query_command.add_argument("--backbone", help="not needed: the index names the backbone that made it; "
+                               "if given, it must be that one")
+    query_command.add_argument("--weights", help="not needed, as --backbone; a model or weights file that has moved "
+                               "since the collection was embedded")
+    query_command.add_argument("--seed", type=int, help="not needed, as --backbone")
+    for command in (build_command, extract_command, query_command):
         command.add_argument(
             "--runtime", default=None, choices=RUNTIME_CHOICES,
-            help=f"what computes ResNet50: auto is the fastest runtime on this CPU whose vectors match tensorflow's "
-            f"(measured once, then remembered); default: ${RUNTIME_ENV}, else auto",
+            help=f"what computes a Keras backbone: auto is the fastest runtime on this CPU whose vectors match "
+            f"tensorflow's (measured once, then remembered); default: ${RUNTIME_ENV}, else auto",
         )
     for command in (build_command, extract_command):
         command.add_argument("--images", default="images", help="image folder (default: %(default)s)")

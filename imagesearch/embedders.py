@@ -4,9 +4,12 @@ Every extractor follows the same small interface (`Embedder`): an `info` that
 names the backbone and weights (saved with the embeddings, so that vectors
 from different models are never mixed) and an `embed` method over uint8
 batches. Each extractor does its own preprocessing, so callers only ever hand
-over plain pixels.
+over plain pixels. Two kinds run here: `KerasEmbedder`, any Keras feature
+model in one traced TensorFlow graph, and `TFLiteEmbedder`, a LiteRT model
+file. Which networks there are, and how each is built, is declared once in
+`imagesearch.backbones`.
 
-The same ResNet50 can run on several runtimes (TensorFlow in float32 or
+The same Keras model can run on several runtimes (TensorFlow in float32 or
 bfloat16, LiteRT in float32 or int8; `imagesearch.runtimes` chooses among
 them). `EmbedderInfo.runtime` records which one made a set of vectors, and
 `EmbedderInfo.fidelity` how closely that runtime matched TensorFlow float32,
@@ -22,7 +25,7 @@ import random
 import re
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -32,9 +35,6 @@ import numpy as np
 
 from .errors import UserFacingError
 from .runtime import import_tensorflow, quietly
-
-#: The file Keras looks for in its cache before downloading ResNet50's ImageNet weights.
-RESNET50_WEIGHTS_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
 
 #: The runtime every other one is measured against.
 REFERENCE_RUNTIME = "tensorflow"
@@ -88,16 +88,19 @@ class Fidelity:
 class EmbedderInfo:
     """What produced a set of embeddings: enough to tell whether two sets can be compared."""
 
-    backbone: str  # e.g. "resnet50" or "tflite:mobilenet_v1.tflite"
-    weights: str  # "imagenet", "random(seed=0)", or "file:<name>@<sha256 prefix>"
+    backbone: str  # a name in `backbones.BACKBONES` ("resnet50"), "tflite:<file name>" or "keras:layer=…,preprocess=…"
+    weights: str  # "imagenet", "random(seed=0)", "file:<name>@<sha256 prefix>", or "sha256:<prefix>" (a TFLite file)
     dim: int  # length of one embedding vector
     input_size: tuple[int, int]  # (width, height) the images are resized to
     runtime: str = REFERENCE_RUNTIME  # what computed the vectors; for a "tflite:" backbone, the file's own model
     fidelity: Fidelity | None = None  # measured against the reference; None for the reference itself
+    source: str | None = None  # the resolved path of the weights or model file, where there is one; not its identity
 
     def to_dict(self) -> dict:
         data = asdict(self)
         data["fidelity"] = self.fidelity.to_dict() if self.fidelity else None
+        if self.source is None:  # no file: written as before there were sources, so saved collections stay as they were
+            del data["source"]
         return data
 
     @classmethod
@@ -113,6 +116,7 @@ class EmbedderInfo:
             input_size=tuple(data["input_size"]),
             runtime=runtime,
             fidelity=Fidelity.from_dict(fidelity) if fidelity else None,
+            source=data.get("source"),  # saved before sources were: None
         )
 
     def __str__(self) -> str:
@@ -153,7 +157,8 @@ class EmbedderInfo:
         (collections saved with the earlier `precision="bfloat16"`) only with
         vectors from the same runtime.
         """
-        same_model = replace(self, runtime="", fidelity=None) == replace(other, runtime="", fidelity=None)
+        same_model = replace(self, runtime="", fidelity=None, source=None) == replace(
+            other, runtime="", fidelity=None, source=None)  # a file's identity is its hash, in `weights`, not its place
         if not same_model or self._fails() or other._fails():
             return False
         return self.runtime == other.runtime or not (self.outside_bar() or other.outside_bar())
@@ -176,58 +181,52 @@ class WeightsUnavailableError(UserFacingError, RuntimeError):
 class RandomWeightsWarning(UserWarning):
     """Embeddings from random weights test the mechanics: they match near-copies of an image, not its meaning."""
 
-    MESSAGE = ("ResNet50 uses randomly initialised weights, to test the mechanics: its vectors still match "
-               "near-copies of an image (a crop, a mirror image) but not images that show the same thing.")
+    @staticmethod
+    def about(model: str) -> str:
+        """The warning's message for the network called `model` (e.g. "ResNet50")."""
+        return (f"{model} uses randomly initialised weights, to test the mechanics: its vectors still match "
+                "near-copies of an image (a crop, a mirror image) but not images that show the same thing.")
 
 
-class ResNet50Embedder:
-    """ResNet50 from `keras.applications` without its classifier, global-average pooled to 2048-d, on TensorFlow.
+class KerasEmbedder:
+    """A Keras feature model (classifier removed, pooled to one vector) and its preprocessing, on TensorFlow.
 
-    Args:
-        weights: "imagenet" (downloaded once into Keras' cache), a path to a
-            local weights file (.h5 or .weights.h5, no top), or "random" for
-            seeded random initialisation, which is only good for smoke tests.
-        seed: the seed for "random" weights.
-        bfloat16: compute in bfloat16 (Keras' "mixed_bfloat16" dtype policy:
-            float32 weights, bfloat16 arithmetic), which is only faster where
-            the CPU computes bfloat16 natively (`cpu_supports_bfloat16`). The
-            vectors are float32 arrays either way.
+    `preprocess` maps float32 pixels (0..255, RGB) to what `model` takes, in
+    Keras operations: it runs inside the same traced graph as the model, so
+    callers hand over uint8 pixels and nothing else. Built by
+    `backbones.keras_embedder`, which knows each network's weights and
+    preprocessing.
     """
 
-    def __init__(self, weights: str = "imagenet", seed: int = 0, bfloat16: bool = False):
+    def __init__(self, model, preprocess: Callable, info: EmbedderInfo):
         tf = import_tensorflow()
-        import keras
 
-        # For "random", `runtimes.make_embedder` warns that these are only good for the mechanics.
-        keras_weights = None if weights == "random" else "imagenet" if weights == "imagenet" else _local_file(weights)
-        label = weights_label(weights, seed)
-
-        try:
-            with _seeded(seed if weights == "random" else None), _announced_download(weights):
-                with _dtype_policy("mixed_bfloat16" if bfloat16 else None):
-                    self.model = keras.applications.ResNet50(
-                        include_top=False, weights=keras_weights, pooling="avg", input_shape=(224, 224, 3)
-                    )
-        except Exception as error:
-            if weights == "imagenet":
-                raise WeightsUnavailableError(_imagenet_download_help(error)) from error
-            raise
-        preprocess = keras.applications.resnet50.preprocess_input
-        model = self.model
+        self.model, self.preprocess, self.info = model, preprocess, info
+        width, height = info.input_size
 
         # One traced graph for every batch size: no per-call retracing or Keras
         # `predict` overhead, which dominates when embedding a single query.
-        @tf.function(input_signature=[tf.TensorSpec([None, 224, 224, 3], tf.uint8)])
+        @tf.function(input_signature=[tf.TensorSpec([None, height, width, 3], tf.uint8)])
         def embed_graph(images):
             return tf.cast(model(preprocess(tf.cast(images, tf.float32)), training=False), tf.float32)
 
         self._embed_graph = embed_graph
-        self.info = EmbedderInfo("resnet50", label, 2048, (224, 224), "tensorflow-bf16" if bfloat16 else "tensorflow")
 
     def embed(self, images: np.ndarray) -> np.ndarray:
-        """Map a `(n, 224, 224, 3)` uint8 batch to `(n, 2048)` float32 embeddings."""
+        """Map a `(n, height, width, 3)` uint8 batch to `(n, dim)` float32 embeddings."""
         _check_batch(images, self.info)
         return self._embed_graph(images).numpy()
+
+    def serving_model(self):
+        """The same computation as one Keras model that takes uint8 pixels: what LiteRT's converter is given."""
+        import keras
+
+        width, height = self.info.input_size
+        preprocess = self.preprocess
+        pixels = keras.Input((height, width, 3), dtype="uint8", name="pixels")
+        floats = keras.layers.Lambda(lambda batch: preprocess(keras.ops.cast(batch, "float32")),
+                                     name="preprocess")(pixels)
+        return keras.Model(pixels, self.model(floats))
 
 
 class TFLiteEmbedder:
@@ -235,15 +234,16 @@ class TFLiteEmbedder:
 
     Runs on LiteRT's interpreter with its default XNNPACK delegate. Quantized
     outputs are dequantized with the output tensor's scale and zero point.
-    Used for ResNet50 converted by `imagesearch.litert` (then `info` names
-    ResNet50 and the runtime), and in tests with the real ImageNet-trained
+    Used for Keras backbones converted by `imagesearch.litert` (then `info`
+    names the backbone and the runtime), for a user's own model file
+    (`--backbone tflite`), and in tests with the real ImageNet-trained
     MobileNet in `../shared/models/`, the one pretrained model available offline here.
     """
 
     def __init__(
         self, model_path: str | os.PathLike, num_threads: int | None = None, info: EmbedderInfo | None = None
     ):
-        path = _local_file(model_path)
+        path = local_file(model_path)
         self._interpreter = quietly(_tflite_interpreter, path, num_threads or os.cpu_count())
         quietly(self._interpreter.allocate_tensors)
         (self._input,) = self._interpreter.get_input_details()
@@ -256,8 +256,8 @@ class TFLiteEmbedder:
         _, height, width, _ = self._input["shape"]
         dim = int(np.prod(self._output["shape"][1:]))
         if info is None:
-            info = EmbedderInfo(f"tflite:{path.name}", f"sha256:{_sha256_prefix(path)}", dim, (int(width), int(height)),
-                                runtime="litert")
+            info = EmbedderInfo(f"tflite:{path.name}", f"sha256:{sha256_prefix(path)}", dim, (int(width), int(height)),
+                                runtime="litert", source=str(path.resolve()))
         elif (info.dim, info.input_size) != (dim, (int(width), int(height))):
             raise ValueError(f"{path} maps {width}x{height} images to {dim}-d vectors, not as {info} says")
         self.info = info
@@ -299,7 +299,7 @@ def cpu_supports_bfloat16() -> bool:
 
 
 @contextmanager
-def _dtype_policy(name: str | None) -> Iterator[None]:
+def dtype_policy(name: str | None) -> Iterator[None]:
     """Build the layers made in this block with Keras' dtype policy `name` (None: leave the policy alone).
 
     Keras sets a layer's policy when the layer is made, from the global one, and
@@ -328,7 +328,7 @@ def _floor(value: float) -> str:
 
 
 @contextmanager
-def _seeded(seed: int | None) -> Iterator[None]:
+def seeded(seed: int | None) -> Iterator[None]:
     """Seed Keras' initialisers for a reproducible random model, restoring Python's and NumPy's RNG afterwards."""
     if seed is None:
         yield
@@ -353,7 +353,7 @@ def _check_batch(images: np.ndarray, info: EmbedderInfo) -> None:
         )
 
 
-def _local_file(path: str | os.PathLike) -> Path:
+def local_file(path: str | os.PathLike) -> Path:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model or weights file {path} does not exist")
@@ -361,22 +361,23 @@ def _local_file(path: str | os.PathLike) -> Path:
 
 
 def weights_label(weights: str, seed: int = 0) -> str:
-    """How `EmbedderInfo.weights` names ResNet50's weights: "imagenet", "random(seed=0)", or a file's name and hash."""
+    """How `EmbedderInfo.weights` names a Keras backbone's weights: "imagenet", "random(seed=0)", or a file's name
+    and hash."""
     if weights in ("imagenet", "random"):
         return "imagenet" if weights == "imagenet" else f"random(seed={seed})"
-    return _file_label(weights)
+    return file_label(weights)
 
 
-def _file_label(path: str | os.PathLike) -> str:
+def file_label(path: str | os.PathLike) -> str:
     """Name a weights file by its name and content hash, so a changed file is noticed."""
-    return f"file:{Path(path).name}@{_sha256_prefix(path)}"
+    return f"file:{Path(path).name}@{sha256_prefix(path)}"
 
 
-def _sha256_prefix(path: str | os.PathLike) -> str:
+def sha256_prefix(path: str | os.PathLike) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
 
 
-def _keras_cache_dir() -> Path:
+def keras_cache_dir() -> Path:
     """The folder where `keras.utils.get_file` looks for downloaded weights, by Keras' documented rule.
 
     $KERAS_HOME, else `.keras` in the home folder, or in /tmp where the home
@@ -393,50 +394,14 @@ def _keras_cache_dir() -> Path:
     return base / "models"
 
 
-@contextmanager
-def _announced_download(weights: str) -> Iterator[None]:
-    """Say, in one line of ours, when ResNet50's ImageNet weights are about to be downloaded, and keep Keras quiet.
-
-    Keras prints "Downloading data from <url>" and a progress bar; offline, that
-    line came just before the failure and read as if a download were under way.
-    """
-    cached = _keras_cache_dir() / RESNET50_WEIGHTS_FILE
-    if weights != "imagenet" or cached.is_file():
-        yield
-        return
-    import keras
-
-    print(f"Downloading ResNet50's ImageNet weights (94 MB), once, into {cached.parent}/ …", flush=True)
-    was_interactive = keras.config.is_interactive_logging_enabled()
-    keras.config.disable_interactive_logging()
-    try:
-        yield
-    finally:
-        if was_interactive:
-            keras.config.enable_interactive_logging()
-
-
-def _imagenet_download_help(error: Exception) -> str:
-    cache = _keras_cache_dir()
-    return (
-        f"Could not get ResNet50's ImageNet weights: {_short_cause(error)}. Keras downloads them once, on first "
-        f"use, into {cache}/; without network that fails (so does a damaged copy there). To go on, do one of these:\n"
-        f"  1. copy {RESNET50_WEIGHTS_FILE} from a machine that has it (in ~/.keras/models/) into {cache}/, "
-        "then run again;\n"
-        "  2. use that file where it is: `make demo WEIGHTS=/path/to/file.h5` and `make lab WEIGHTS=/path/to/file.h5`, "
-        "--weights on the command line, weights='/path/to/file.h5' in Python;\n"
-        "  3. test only the mechanics, with vectors that match near-copies but not meaning: "
-        "`make demo WEIGHTS=random`, then `make lab WEIGHTS=random` (--weights random, weights='random').\n"
-        "In a notebook already open, set WEIGHTS in its parameters cell and run it again."
-    )
-
-
-def _short_cause(error: Exception) -> str:
+def short_cause(error: Exception) -> str:
     """The gist of a failed download, e.g. "no network ([Errno -2] Name or service not known)"."""
     text = str(error)
-    if "URL fetch failure" in text or "URLError" in text or "Errno" in text:
+    if "URL fetch failure" in text or "URLError" in text:  # Keras' get_file
         detail = re.sub(r"^.*?URL fetch failure on \S+:\s*(None -- )?", "", text)
         return f"the download failed, no network? ({detail})"
+    if errno := re.search(r"\[Errno -?\d+\][^'\")]*", text):  # requests (KerasHub's Kaggle downloads): the cause only
+        return f"the download failed, no network? ({errno[0].strip()})"
     return text
 
 

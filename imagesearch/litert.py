@@ -1,18 +1,18 @@
-"""ResNet50 converted to LiteRT (TensorFlow Lite's successor), once per weights, and the cache that keeps it.
+"""Keras backbones converted to LiteRT (TensorFlow Lite's successor), once per weights, and the cache that keeps them.
 
-The converted model takes the same uint8 pixels as `ResNet50Embedder` and does
-the same preprocessing inside, so `TFLiteEmbedder` runs it as it runs any
-model file. Two kinds are made:
+The converted model takes the same uint8 pixels as the backbone's
+`KerasEmbedder` and does the same preprocessing inside (its `serving_model`),
+so `TFLiteEmbedder` runs it as it runs any model file. Two kinds are made:
 
   float32  the same arithmetic as TensorFlow's graph, run by LiteRT's XNNPACK kernels;
   int8     full-integer quantization: weights and activations in int8, their scales set by a calibration
            sample of the user's own images (the first run's), inputs and outputs left as they are.
 
-Conversions take seconds to a minute, so each is kept in `cache_dir()` (beside
-Keras' own cache) under the hash of the weights it was made from, with a
-sidecar that records the file's own SHA-256. A file whose hash does not match
-its sidecar, or a sidecar that cannot be read, is converted again: a cache
-is never trusted for what it merely claims. Writes are atomic.
+Conversions take seconds to minutes, so each is kept in `cache_dir()` (beside
+Keras' own cache) under the backbone and the hash of the weights it was made
+from, with a sidecar that records the file's own SHA-256. A file whose hash
+does not match its sidecar, or a sidecar that cannot be read, is converted
+again: a cache is never trusted for what it merely claims. Writes are atomic.
 """
 
 from __future__ import annotations
@@ -27,12 +27,12 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
 
-from .embedders import RESNET50_WEIGHTS_FILE, _keras_cache_dir, _sha256_prefix
+from . import backbones
+from .embedders import keras_cache_dir
 from .errors import UserFacingError
 from .runtime import import_tensorflow
 from .storage import atomic_path, write_json
@@ -61,27 +61,23 @@ class Conversion:
 def cache_dir() -> Path:
     """`$IMAGESEARCH_CACHE`, else `imagesearch/` beside Keras' model cache (usually `~/.keras/imagesearch`)."""
     configured = os.environ.get(CACHE_ENV)
-    return Path(configured) if configured else _keras_cache_dir().parent / "imagesearch"
+    return Path(configured) if configured else keras_cache_dir().parent / "imagesearch"
 
 
-def weights_key(weights: str, seed: int = 0) -> str | None:
-    """A name for ResNet50's weights that changes when they do: a content hash, or the seed for random weights.
+def weights_key(weights: str, seed: int = 0, backbone: backbones.Backbone | None = None) -> str | None:
+    """A name for a backbone's weights (ResNet50's by default) that changes when they do; see `Backbone.weights_key`.
 
-    None for "imagenet" while Keras has not downloaded the weights yet (build a
-    `ResNet50Embedder` first: it downloads them, or says why it cannot).
+    None for "imagenet" while they have not been downloaded yet (build the
+    backbone first: it downloads them, or says why it cannot).
     """
-    if weights == "random":  # Keras' initialisers decide what a seed gives
-        return f"random{seed}-keras{version('keras')}"
-    if weights == "imagenet":
-        cached = _keras_cache_dir() / RESNET50_WEIGHTS_FILE
-        return f"imagenet-{_sha256_prefix(cached)}" if cached.is_file() else None
-    return f"file-{_sha256_prefix(weights)}"
+    return (backbone or backbones.BACKBONES[backbones.DEFAULT]).weights_key(weights, seed)
 
 
 def converted(
     key: str, kind: str, keras_model: Callable[[], object], calibration: np.ndarray | None = None
 ) -> Conversion:
-    """The cached LiteRT conversion of ResNet50 with weights `key`, converting `keras_model()` when it is missing.
+    """The cached LiteRT conversion of the model `key` names (backbone and weights), converting `keras_model()` (a
+    Keras model that takes uint8 pixels) when it is missing.
 
     `calibration` (a uint8 batch of the user's images) is needed for "int8",
     and only when it is converted: a cached int8 model keeps the calibration
@@ -96,7 +92,7 @@ def converted(
     if kind == "int8" and (calibration is None or not len(calibration)):
         raise ValueError("an int8 conversion needs a calibration sample of images")
     start = time.perf_counter()
-    blob = _convert(keras_model(), kind, calibration)
+    blob = _convert(keras_model(), kind, calibration, key)
     seconds = time.perf_counter() - start
     digest = hashlib.sha256(blob).hexdigest()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -110,7 +106,7 @@ def converted(
 
 
 def cached(key: str, kind: str) -> Conversion | None:
-    """The cached conversion of the weights `key`, or None when there is none that can be used."""
+    """The cached conversion of the model `key`, or None when there is none that can be used."""
     path, sidecar = _paths(key, kind)
     if _check(path, sidecar) is not None:
         return None
@@ -120,7 +116,7 @@ def cached(key: str, kind: str) -> Conversion | None:
 def _paths(key: str, kind: str) -> tuple[Path, Path]:
     if kind not in KINDS:
         raise ValueError(f"unknown conversion {kind!r}; choose one of {', '.join(KINDS)}")
-    path = cache_dir() / f"resnet50-{key}-{kind}.tflite"
+    path = cache_dir() / f"{key}-{kind}.tflite"
     return path, path.with_suffix(".json")
 
 
@@ -142,15 +138,10 @@ def _check(path: Path, sidecar: Path) -> str | None:
     return None
 
 
-def _convert(model, kind: str, calibration: np.ndarray | None) -> bytes:
-    """Convert a Keras ResNet50 (no top, average-pooled) to LiteRT, with uint8 pixels in and preprocessing inside."""
+def _convert(serving, kind: str, calibration: np.ndarray | None, key: str) -> bytes:
+    """Convert a Keras model (uint8 pixels in, preprocessing inside, one vector out) to LiteRT."""
     tf = import_tensorflow()
-    import keras
 
-    preprocess = keras.applications.resnet50.preprocess_input
-    pixels = keras.Input((224, 224, 3), dtype="uint8", name="pixels")
-    floats = keras.layers.Lambda(lambda batch: preprocess(keras.ops.cast(batch, "float32")), name="preprocess")(pixels)
-    serving = keras.Model(pixels, model(floats))
     # Keras' own model, not a traced tf.function: converting `from_concrete_functions` on the embedder's graph
     # gave a model a hundredth of the size whose outputs were NaN (TensorFlow 2.21).
     converter = tf.lite.TFLiteConverter.from_keras_model(serving)
@@ -164,7 +155,7 @@ def _convert(model, kind: str, calibration: np.ndarray | None) -> bytes:
             return converter.convert()
         except Exception as error:
             failure, tail = error, "\n".join(log.read_text(errors="replace").splitlines()[-5:])
-    raise ConversionError(f"converting ResNet50 to LiteRT ({kind}) failed: {failure}\n{tail}".rstrip()) from failure
+    raise ConversionError(f"converting {key} to LiteRT ({kind}) failed: {failure}\n{tail}".rstrip()) from failure
 
 
 @contextmanager

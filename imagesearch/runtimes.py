@@ -1,4 +1,4 @@
-"""Which runtime computes ResNet50 on this machine: the fastest one whose vectors match TensorFlow float32's.
+"""Which runtime computes a Keras backbone on this machine: the fastest one whose vectors match TensorFlow float32's.
 
   tensorflow       TensorFlow's graph in float32: the reference every other runtime is measured against;
   tensorflow-bf16  the same graph in bfloat16 (Keras' "mixed_bfloat16" policy), only where the CPU computes
@@ -6,19 +6,20 @@
   litert           the model converted to LiteRT and run by its XNNPACK kernels, in float32;
   litert-int8      the same, quantized to int8 with a calibration sample of the user's images.
 
-None wins everywhere: which is fastest depends on the CPU's instructions, and
-on the work (a batch of 32 or a single query). So `make_embedder(runtime="auto")`,
-the first time it runs on a CPU with some weights, measures every runtime
+None wins everywhere: which is fastest depends on the CPU's instructions, the
+network, and the work (a batch of 32 or a single query). So
+`make_embedder(runtime="auto")`, the first time it runs on a CPU with some
+backbone and weights, measures every runtime
 available there on a sample of images (`measure`): how close its vectors are
 to the reference's (the lowest cosine similarity of an image's two vectors,
 and the share of each image's 5 nearest others in the sample that both find),
 images per second in batches, and the median time of one image. It then uses,
 for batches and for single queries each, the fastest runtime within its
 fidelity bar (`embedders.FIDELITY_BARS`), and remembers the measurements in
-`runtimes.json` in the cache folder, keyed by the CPU and the weights, so
-later runs start at once. The runtime and its fidelity are recorded with the
-embeddings (`EmbedderInfo`); a collection refuses vectors from a runtime
-outside its bar.
+`runtimes.json` in the cache folder, keyed by the CPU, the backbone and the
+weights, so later runs start at once. The runtime and its fidelity are
+recorded with the embeddings (`EmbedderInfo`); a collection refuses vectors
+from a runtime outside its bar.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import litert
+from . import backbones, litert
+from .backbones import Backbone, backbone_for, keras_embedder
 from .embedders import (
     BFLOAT16_CPU_FLAGS,
     FIDELITY_BARS,
@@ -45,12 +47,11 @@ from .embedders import (
     Embedder,
     EmbedderInfo,
     Fidelity,
+    KerasEmbedder,
     RandomWeightsWarning,
-    ResNet50Embedder,
     TFLiteEmbedder,
     cpu_flags,
     cpu_supports_bfloat16,
-    weights_label,
 )
 from .errors import UserFacingError
 from .images import ImageLoadError, image_extensions, load_image
@@ -89,7 +90,7 @@ class Measurement:
     model_sha256: str | None = None  # the LiteRT file measured: another file (a new conversion) is measured again
 
     def within_bar(self) -> bool:
-        return self.info_of(EmbedderInfo("resnet50", "", 2048, (224, 224))).outside_bar() is None
+        return self.info_of(EmbedderInfo("any Keras backbone", "", 1, (1, 1))).outside_bar() is None
 
     def info_of(self, base: EmbedderInfo) -> EmbedderInfo:
         """`base` with this runtime and its fidelity."""
@@ -134,10 +135,12 @@ class Choice:
                        f"{reference.latency_ms:.0f} ms)"]
 
 
-def unavailable(runtime: str) -> str | None:
-    """Why `runtime` cannot run here, or cannot run fast; None when it can."""
+def unavailable(runtime: str, backbone: Backbone | None = None) -> str | None:
+    """Why `runtime` cannot run here (or cannot run fast, or cannot compute `backbone`); None when it can."""
     if runtime not in RUNTIMES:
         raise ValueError(f"unknown runtime {runtime!r}; choose one of {', '.join(CHOICES)}")
+    if runtime == "tensorflow-bf16" and backbone is not None and not backbone.bfloat16:
+        return f"{backbone.title} is a model loaded whole, whose layers keep the float32 they were saved with"
     if runtime == "tensorflow-bf16" and not cpu_supports_bfloat16():
         return (f"this CPU has no native bfloat16 arithmetic (none of the flags {', '.join(BFLOAT16_CPU_FLAGS)}), "
                 "so bfloat16 would be emulated: slower than float32, and less exact")
@@ -150,68 +153,100 @@ def unavailable(runtime: str) -> str | None:
 
 
 def make_embedder(
-    backbone: str = "resnet50",
+    backbone: str = backbones.DEFAULT,
     weights: str = "imagenet",
     seed: int = 0,
     runtime: str | None = None,
     purpose: str = "batch",
     images: str | os.PathLike | np.ndarray | None = None,
 ) -> Embedder:
-    """Build the extractor named by `backbone`: "resnet50" (with `weights`) or "tflite" (`weights` is the model file).
+    """Build the extractor named by `backbone`, with `weights`, on the runtime `runtime` chooses.
 
     Args:
+        backbone: a name in `backbones.BACKBONES` ("resnet50", …), with `weights`
+            "imagenet", "random" (seeded by `seed`) or a local weights file;
+            "tflite", with `weights` a LiteRT model file; or
+            "keras:layer=NAME,preprocess=P", with `weights` a Keras model file.
         runtime: one of `CHOICES`; None reads $IMAGESEARCH_RUNTIME, else "auto":
             the fastest runtime within its fidelity bar here, for `purpose`.
         purpose: "batch" (extraction) or "query" (one image at a time).
         images: where the sample for a first measurement comes from: a folder
             (the images about to be embedded, or the indexed ones), or a uint8
             batch; None takes the demo images. Only read when something has to
-            be measured: the first time on this CPU with these weights.
+            be measured: the first time on this CPU with this backbone and weights.
     """
     runtime = runtime or os.environ.get(RUNTIME_ENV) or "auto"
     if runtime not in CHOICES:
         raise ValueError(f"unknown runtime {runtime!r}; choose one of {', '.join(CHOICES)}")
     if purpose not in PURPOSES:
         raise ValueError(f"unknown purpose {purpose!r}; choose one of {', '.join(PURPOSES)}")
-    if backbone == "tflite":
+    if backbone == backbones.TFLITE:
         if runtime not in ("auto", "litert"):
-            raise ValueError(f"runtime {runtime!r} applies to resnet50; a TFLite model file runs on litert, as stored")
+            raise ValueError(f"runtime {runtime!r} applies to {', '.join(backbones.BACKBONES)} and Keras model "
+                             "files; a TFLite model file runs on litert, as stored")
+        if weights in ("imagenet", "random"):
+            raise backbones.UnknownBackboneError(f"tflite takes its model file as the weights (--weights "
+                                                 f"model.tflite), not {weights!r}")
         return TFLiteEmbedder(weights)
-    if backbone != "resnet50":
-        raise ValueError(f"unknown backbone {backbone!r}; choose 'resnet50' or 'tflite'")
+    declared = backbone_for(backbone, weights)
     if weights == "random":
-        warnings.warn(RandomWeightsWarning.MESSAGE, RandomWeightsWarning, stacklevel=2)
+        warnings.warn(RandomWeightsWarning.about(declared.title), RandomWeightsWarning, stacklevel=2)
     if runtime == REFERENCE_RUNTIME:
-        return ResNet50Embedder(weights, seed)
-    if runtime != "auto" and (reason := unavailable(runtime)):
+        return keras_embedder(declared, weights, seed)
+    if runtime != "auto" and (reason := unavailable(runtime, declared)):
         raise RuntimeUnavailableError(f"runtime {runtime!r} is not available: {reason}; use --runtime auto")
-    return _Chooser(weights, seed, images).embedder(runtime, purpose)
+    return _Chooser(declared, weights, seed, images).embedder(runtime, purpose)
 
 
-def remembered_choice(weights: str = "imagenet", seed: int = 0) -> Choice | None:
-    """What `auto` chose on this CPU for these ResNet50 weights, with the measurements, or None if it never ran."""
-    key = litert.weights_key(weights, seed)
-    return _Store().entry(key)[0] if key else None
+def embedder_for(
+    info: EmbedderInfo,
+    runtime: str | None = None,
+    purpose: str = "query",
+    images: str | os.PathLike | np.ndarray | None = None,
+) -> Embedder:
+    """The embedder that makes the vectors `info` describes (as saved with a collection and its index), on `runtime`.
+
+    A model or weights file must still be where `info` says, unchanged
+    (`backbones.arguments_for`); otherwise a one-line error says what to do.
+    """
+    return make_embedder(*backbones.arguments_for(info), runtime=runtime, purpose=purpose, images=images)
+
+
+def remembered_choice(weights: str = "imagenet", seed: int = 0, backbone: str = backbones.DEFAULT) -> Choice | None:
+    """What `auto` chose on this CPU for these weights of `backbone`, with the measurements, or None if it never
+    ran (or `backbone` is a model file that runs as stored)."""
+    if backbone == backbones.TFLITE:
+        return None
+    declared = backbone_for(backbone, weights)
+    key = declared.weights_key(weights, seed)
+    return _Store().entry(_store_key(declared, key))[0] if key else None
+
+
+def _store_key(backbone: Backbone, weights_key: str) -> str:
+    """Where `runtimes.json` keeps a backbone's measurements: ResNet50's under its weights alone, as before
+    there were other backbones; the others' under their name too."""
+    return weights_key if backbone.name == backbones.DEFAULT else f"{backbone.cache_id}-{weights_key}"
 
 
 class _Chooser:
-    """Builds runtimes for one set of weights, measuring them first where this CPU has no record of them."""
+    """Builds runtimes for one backbone with some weights, measuring them first where this CPU has no record."""
 
-    def __init__(self, weights: str, seed: int, images):
-        self.weights, self.seed, self.images = weights, seed, images
-        self._reference: ResNet50Embedder | None = None
-        key = litert.weights_key(weights, seed)
+    def __init__(self, backbone: Backbone, weights: str, seed: int, images):
+        self.backbone, self.weights, self.seed, self.images = backbone, weights, seed, images
+        self._reference: KerasEmbedder | None = None
+        key = backbone.weights_key(weights, seed)
         if key is None:  # ImageNet weights not downloaded yet: building the reference downloads them, or says why
-            self._reference = ResNet50Embedder(weights, seed)
-            key = litert.weights_key(weights, seed)
-        self.key: str = key
+            self._reference = keras_embedder(backbone, weights, seed)
+            key = backbone.weights_key(weights, seed)
+        self.key: str = _store_key(backbone, key)
+        self.model_key = f"{backbone.cache_id}-{key}"  # the name of its LiteRT conversions
         # Named once: for a weights file, the name hashes the whole file.
-        self.base_info = EmbedderInfo("resnet50", weights_label(weights, seed), 2048, (224, 224))
+        self.base_info = backbones.describe(backbone, weights, seed)
 
     @property
-    def reference(self) -> ResNet50Embedder:
+    def reference(self) -> KerasEmbedder:
         if self._reference is None:
-            self._reference = ResNet50Embedder(self.weights, self.seed)
+            self._reference = keras_embedder(self.backbone, self.weights, self.seed)
         return self._reference
 
     def embedder(self, runtime: str, purpose: str) -> Embedder:
@@ -228,7 +263,7 @@ class _Chooser:
             return built
         if runtime in measurements and (built := self.build(runtime, measurements[runtime])):
             return built
-        sample, calibration = _sample(self.images)
+        sample, calibration = _sample(self.images, self.backbone.input_size)
         [(measured, built)] = self.measure([runtime], sample, calibration, timing=False)
         store.save(self.key, {runtime: measured}, None)
         print(f"{runtime}: {measured.fidelity} against {REFERENCE_RUNTIME}, "
@@ -248,10 +283,10 @@ class _Chooser:
 
     def choose(self, purpose: str) -> tuple[Choice, Embedder]:
         """Measure every runtime available here; return what `auto` picks from them and its embedder for `purpose`."""
-        runtimes = [runtime for runtime in RUNTIMES if unavailable(runtime) is None]
-        print(f"Choosing the fastest runtime for ResNet50 ({self._info().weights}) on this CPU: {', '.join(runtimes)} "
-              "are measured, once (about a minute; later runs reuse it) …", flush=True)
-        sample, calibration = _sample(self.images)
+        runtimes = [runtime for runtime in RUNTIMES if unavailable(runtime, self.backbone) is None]
+        print(f"Choosing the fastest runtime for {self.backbone.title} ({self._info().weights}) on this CPU: "
+              f"{', '.join(runtimes)} are measured, once ({self._duration()}; later runs reuse it) …", flush=True)
+        sample, calibration = _sample(self.images, self.backbone.input_size)
         built = self.measure(runtimes, sample, calibration, timing=True)
         measurements = {measured.runtime: measured for measured, _ in built}
         faithful = [measured for measured in measurements.values() if measured.within_bar()]
@@ -262,6 +297,11 @@ class _Chooser:
         print(f"  remembered in {_Store().path}; measured again on another CPU or with other weights.")
         chosen = choice.runtime_for(purpose)
         return choice, next(embedder for measured, embedder in built if measured.runtime == chosen)
+
+    def _duration(self) -> str:
+        """How long the first measurement takes, roughly: converting is most of it, and grows with the model."""
+        parameters = self.reference.model.count_params()
+        return "about a minute" if parameters < 40e6 else f"a few minutes for {parameters / 1e6:.0f}M parameters"
 
     def measure(self, runtimes: list[str], sample: np.ndarray, calibration: np.ndarray,
                 timing: bool) -> list[tuple[Measurement, Embedder]]:
@@ -289,12 +329,12 @@ class _Chooser:
             return self._tensorflow_bf16(None), None
         conversion = self._convert(runtime, calibration)
         if conversion.seconds is not None:
-            print(f"  converted ResNet50 to {runtime} in {conversion.seconds:.0f} s "
+            print(f"  converted {self.backbone.title} to {runtime} in {conversion.seconds:.0f} s "
                   f"({conversion.path.stat().st_size / 2**20:.0f} MiB, cached in {conversion.path.parent})")
         return TFLiteEmbedder(conversion.path, _threads(), self._info(runtime)), conversion.sha256
 
-    def _tensorflow_bf16(self, measured: Measurement | None) -> ResNet50Embedder:
-        embedder = ResNet50Embedder(self.weights, self.seed, bfloat16=True)
+    def _tensorflow_bf16(self, measured: Measurement | None) -> KerasEmbedder:
+        embedder = keras_embedder(self.backbone, self.weights, self.seed, bfloat16=True)
         if measured is not None:
             embedder.info = measured.info_of(embedder.info)
         return embedder
@@ -302,8 +342,8 @@ class _Chooser:
     def _convert(self, runtime: str, calibration: np.ndarray | None) -> litert.Conversion | None:
         kind = "int8" if runtime == "litert-int8" else "float32"
         if calibration is None:  # only a cached conversion will do: one to be made must be measured
-            return litert.cached(self.key, kind)
-        return litert.converted(self.key, kind, lambda: self.reference.model, calibration)
+            return litert.cached(self.model_key, kind)
+        return litert.converted(self.model_key, kind, self.reference.serving_model, calibration)
 
     def _info(self, runtime: str = REFERENCE_RUNTIME) -> EmbedderInfo:
         return replace(self.base_info, runtime=runtime)
@@ -359,15 +399,15 @@ def time_runtimes(embedders: dict[str, Embedder], sample: np.ndarray, rounds: in
     return {runtime: (TIMING_BATCH / best[runtime], float(np.median(singles[runtime])) * 1e3) for runtime in embedders}
 
 
-def _sample(images) -> tuple[np.ndarray, np.ndarray]:
+def _sample(images, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """The images fidelity is measured on, and the ones an int8 conversion is calibrated on (others where there are)."""
     if isinstance(images, np.ndarray):
         pixels = images
     else:
         folder = Path(images) if images is not None else DEMO_IMAGES
-        pixels = _load(folder, SAMPLE_IMAGES + CALIBRATION_IMAGES)
+        pixels = _load(folder, SAMPLE_IMAGES + CALIBRATION_IMAGES, size)
         if len(pixels) < 8 and folder != DEMO_IMAGES and DEMO_IMAGES.is_dir():
-            pixels = _load(DEMO_IMAGES, SAMPLE_IMAGES + CALIBRATION_IMAGES)  # too few to tell neighbours apart
+            pixels = _load(DEMO_IMAGES, SAMPLE_IMAGES + CALIBRATION_IMAGES, size)  # too few to tell neighbours apart
     if len(pixels) < 8:
         raise RuntimeUnavailableError(
             f"choosing a runtime measures it on at least 8 images, and {images or DEMO_IMAGES} gave {len(pixels)}; "
@@ -377,19 +417,20 @@ def _sample(images) -> tuple[np.ndarray, np.ndarray]:
     return sample, rest if len(rest) >= 16 else pixels
 
 
-def _load(folder: Path, count: int) -> np.ndarray:
-    """Up to `count` readable images from `folder`, in listing order, without listing all of a huge folder."""
+def _load(folder: Path, count: int, size: tuple[int, int]) -> np.ndarray:
+    """Up to `count` readable images from `folder` at `size`, in listing order, without listing all of a huge
+    folder."""
     pixels = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a file's decoding troubles are extraction's to report, not the sample's
         for path in _walk(folder):
             try:
-                pixels.append(load_image(path, (224, 224)))
+                pixels.append(load_image(path, size))
             except (ImageLoadError, OSError):
                 continue
             if len(pixels) == count:
                 break
-    return np.stack(pixels) if pixels else np.zeros((0, 224, 224, 3), np.uint8)
+    return np.stack(pixels) if pixels else np.zeros((0, size[1], size[0], 3), np.uint8)
 
 
 def _walk(folder: Path) -> Iterator[Path]:

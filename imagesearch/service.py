@@ -2,10 +2,11 @@
 
 `make serve` runs it (`uvicorn imagesearch.service:app`, on 127.0.0.1), on the
 artifacts folder named by $IMAGESEARCH_ARTIFACTS (default `artifacts`), with
-the backbone, weights and runtime of `make demo` ($IMAGESEARCH_BACKBONE,
-$IMAGESEARCH_WEIGHTS, $IMAGESEARCH_RUNTIME). Every endpoint calls the same
-functions as the notebooks and the CLI (`load_index`, `search_image`,
-`search_indexed`, `thumbnail_jpeg`); nothing here searches on its own.
+the model the index names (its saved `EmbedderInfo`: backbone and weights),
+on the runtime $IMAGESEARCH_RUNTIME names (else auto). Every endpoint calls
+the same functions as the notebooks and the CLI (`load_index`,
+`search_image`, `search_indexed`, `thumbnail_jpeg`); nothing here searches
+on its own.
 
 Live updates: before each request the service looks at the index's metadata
 file, which every save replaces atomically; when it has changed, the new
@@ -40,6 +41,7 @@ from fastapi.responses import FileResponse, Response
 from PIL import Image
 
 from .ann import IndexSpecError, SearchParams
+from .backbones import arguments_for
 from .collection import load_embeddings, load_previous_embeddings, save_embeddings
 from .display import thumbnail_jpeg
 from .embedders import Embedder
@@ -75,11 +77,16 @@ K = Annotated[int, Query(ge=1, le=MAX_K, description="how many neighbours")]
 
 @dataclass(frozen=True)
 class Settings:
-    """Where the service reads from, and with which model; `from_environment` reads the IMAGESEARCH_* variables."""
+    """Where the service reads from, and how; `from_environment` reads the IMAGESEARCH_* variables.
+
+    The model is the one the index names; `backbone` and `weights`, where
+    given, must name that same one (`weights`: a model or weights file that
+    has moved since the collection was embedded).
+    """
 
     artifacts: Path
-    backbone: str = "resnet50"
-    weights: str = "imagenet"
+    backbone: str | None = None
+    weights: str | None = None
     runtime: str | None = None  # None: $IMAGESEARCH_RUNTIME, else auto (for single queries)
     max_upload_bytes: int = MAX_UPLOAD_BYTES
     token: str | None = None  # what POST and DELETE /images must present; None: changes are off
@@ -88,8 +95,6 @@ class Settings:
     def from_environment(cls) -> Settings:
         return cls(
             artifacts=Path(os.environ.get("IMAGESEARCH_ARTIFACTS", "artifacts")),
-            backbone=os.environ.get("IMAGESEARCH_BACKBONE", "resnet50"),
-            weights=os.environ.get("IMAGESEARCH_WEIGHTS", "imagenet"),
             token=os.environ.get(TOKEN_ENV) or None,
         )
 
@@ -109,8 +114,10 @@ class Service:
     def __post_init__(self):
         self.search_index = load_index(index_dir(self.settings.artifacts))
         self._seen = self._stamp()
-        self.embedder = make_embedder(self.settings.backbone, self.settings.weights, runtime=self.settings.runtime,
-                                      purpose="query", images=self.search_index.image_root)
+        backbone, weights, seed = arguments_for(self.search_index.embedder, self.settings.backbone,
+                                                self.settings.weights)
+        self.embedder = make_embedder(backbone, weights, seed, runtime=self.settings.runtime, purpose="query",
+                                      images=self.search_index.image_root)
         width, height = self.embedder.info.input_size
         self.embedder.embed(np.zeros((1, height, width, 3), np.uint8))  # warm: the first search is not the slow one
 

@@ -129,13 +129,17 @@ def embeddings_advice(
 def _model_options(embedder: dict) -> str:
     """The command-line options beyond the defaults (ResNet50, ImageNet) that make the model `embedder` describes."""
     backbone, weights = str(embedder.get("backbone", "resnet50")), str(embedder.get("weights", "imagenet"))
+    source = embedder.get("source")
     if backbone.startswith("tflite:"):
-        return f" --backbone tflite --weights <the model file {backbone.removeprefix('tflite:')}>"
+        file = shlex.quote(source) if source else f"<the model file {backbone.removeprefix('tflite:')}>"
+        return f" --backbone tflite --weights {file}"
+    options = "" if backbone == "resnet50" else f" --backbone {shlex.quote(backbone)}"
     if weights.startswith("file:"):
-        return f" --weights <the weights file {weights.removeprefix('file:').rsplit('@', 1)[0]}>"
+        return options + (f" --weights {shlex.quote(source)}" if source else
+                          f" --weights <the weights file {weights.removeprefix('file:').rsplit('@', 1)[0]}>")
     if random := re.fullmatch(r"random\(seed=(-?\d+)\)", weights):
-        return " --weights random" + (f" --seed {random[1]}" if random[1] != "0" else "")
-    return ""
+        return options + " --weights random" + (f" --seed {random[1]}" if random[1] != "0" else "")
+    return options
 
 
 def _recorded(folder: Path) -> tuple[str | None, dict | None]:

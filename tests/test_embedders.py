@@ -11,13 +11,11 @@ import pytest
 from keras.src.backend.config import keras_home
 from keras.src.utils import file_utils
 
-from imagesearch.embedders import (
-    RESNET50_WEIGHTS_FILE,
-    EmbedderInfo,
-    RandomWeightsWarning,
-    WeightsUnavailableError,
-)
+from imagesearch.backbones import BACKBONES
+from imagesearch.embedders import EmbedderInfo, RandomWeightsWarning, WeightsUnavailableError
 from imagesearch.runtimes import make_embedder
+
+RESNET50_WEIGHTS_FILE = BACKBONES["resnet50"].pretrained.cached().name
 
 
 @pytest.fixture(scope="module")
