@@ -71,7 +71,7 @@ FACTS = {
         "96 Caltech 101 photos in 12 categories",
     ],
     NOTEBOOK_02: [
-        "Flat index (l2): 208 vectors of 2048 dimensions",
+        "Flat index (recommended: cosine, αDBA over 5 neighbours, αQE over 2): 208 vectors of 2048 dimensions",
         "candidates: Flat, HNSW32, IVF4,Flat",
         "chosen: Flat",
         "itself first (or tied with an identical twin): yes",
