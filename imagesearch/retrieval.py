@@ -21,17 +21,18 @@ embedding and a ranked list of images, in three places:
   once, blends the query with its `qe` nearest results (αQE: weighted by
   similarity to the power alpha), and searches again with the blend.
 
-The recommended configuration (`RECOMMENDED`) was chosen on evidence, by
-`python -m imagesearch evaluate` and `notebooks/04_evaluate.ipynb`: see the
-README's table. Parameters come from the literature's settings, checked on
-several collections rather than fitted to one.
+The recommended configuration (`RECOMMENDED`, the default) was chosen on
+evidence: `python -m imagesearch evaluate --compare` on each labelled
+collection at hand, and `benchmarks/retrieval.py --sweep` around it (the
+README's table). Its parameters are the literature's, found on a plateau
+across collections rather than fitted to one.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -277,7 +278,6 @@ class Augmentation:
     neighbours: np.ndarray  # (n, m) int64; -1 where an image has fewer neighbours
     similarities: np.ndarray  # (n, m) float32, in decreasing order per row
     alpha: float = 3.0
-    _order: dict = field(default_factory=dict, repr=False)
 
     @classmethod
     def empty(cls, count: int, alpha: float) -> Augmentation:
