@@ -21,7 +21,7 @@ from .images import open_rgb
 from .index import SearchIndex, build_index, load_index, load_previous_index, save_index
 from .labels import labels_of
 from .query import search_image, search_indexed
-from .retrieval import DEFAULT_RETRIEVAL, PRESETS
+from .retrieval import DEFAULT_RETRIEVAL, PRESETS, Retrieval
 from .runtimes import CHOICES as RUNTIME_CHOICES
 from .runtimes import RUNTIME_ENV, make_embedder
 from .storage import check_not_busy, embeddings_dir, exclusive, index_dir
@@ -137,6 +137,11 @@ def query(args: argparse.Namespace) -> int:
 def evaluate_index(args: argparse.Namespace) -> int:
     """Score the saved index on its own images against their labels; then, with --compare, each configuration."""
     search_index = load_index(index_dir(args.artifacts))
+    if not 1 <= args.k < len(search_index):
+        print(f"error: -k {args.k} cannot be scored: each of the {len(search_index)} images can find at most "
+              f"{len(search_index) - 1} others; give -k from 1 to {len(search_index) - 1}", file=sys.stderr)
+        return 2
+    configurations = [Retrieval.parse(text) for text in args.compare.split(";")] if args.compare else []
     labels = labels_of(search_index.paths, args.labels, root=search_index.image_root)
     ks = tuple(sorted({1, args.k, 10} & set(range(1, len(search_index)))))
     scores = score_index(search_index, labels, ks)
@@ -144,9 +149,9 @@ def evaluate_index(args: argparse.Namespace) -> int:
           f"{scores.overall[f'mAP@{args.k}']:.3f} over {scores.evaluated} queries: the saved index as built "
           f"({search_index.factory}, {search_index.retrieval}; {search_index.embedder})")
     print(f"labels: {labels.summary()}")
-    if args.compare:
+    if configurations:
         embeddings = load_embeddings(embeddings_dir(args.artifacts))
-        compared = compare_configurations(embeddings, labels, args.compare.split(";"), ks)
+        compared = compare_configurations(embeddings, labels, configurations, ks)
         names = list(dict.fromkeys([f"precision@{ks[0]}", f"precision@{args.k}", f"recall@{args.k}", f"mAP@{args.k}",
                                     f"mAP@{ks[-1]}"]))
         print("each configuration in an exact index of the same embeddings:")

@@ -90,6 +90,10 @@ def test_evaluate_prints_precision_at_k_over_every_indexed_image(built, run):
     assert [row[0] for row in rows] == ["configuration", "plain", "cosine,qe=1"]
     refused = run("evaluate", "--artifacts", str(artifacts), "--labels", "prefix")
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "prefix" in refused.stderr
+    too_deep = run("evaluate", "--artifacts", str(artifacts), "-k", "4")  # 4 images: 3 others each at most
+    assert too_deep.returncode == 2 and "give -k from 1 to 3" in too_deep.stderr and too_deep.stdout == ""
+    unknown = run("evaluate", "--artifacts", str(artifacts), "--compare", "plain;bogus")
+    assert unknown.returncode == 2 and "'bogus'" in unknown.stderr and unknown.stdout == ""  # before any work
 
 
 def as_format_3(artifacts) -> None:
