@@ -82,17 +82,17 @@ def test_evaluate_prints_precision_at_k_over_every_indexed_image(built, run):
     result = run("evaluate", "--artifacts", str(artifacts), "-k", "2")
     assert result.returncode == 0, result.stderr
     assert re.match(r"precision@2 = [01]\.\d{3}, mAP@2 = [01]\.\d{3} over 2 queries: the saved index as built "
-                    r"\(Flat, plain; resnet50 ", result.stdout)
+                    r"\(Flat, recommended; resnet50 ", result.stdout)
     assert "labels: 2 labels over 3 images (from folders); 1 unlabelled" in result.stdout  # 4 images, one at the top
     compared = run("evaluate", "--artifacts", str(artifacts), "-k", "2", "--compare", "plain;cosine,qe=1")
     assert compared.returncode == 0, compared.stderr
     rows = [line.split() for line in compared.stdout.splitlines() if line.startswith("  ")]
     assert [row[0] for row in rows] == ["configuration", "plain", "cosine,qe=1"]
-    refused = run("evaluate", "--artifacts", str(artifacts), "--labels", "prefix")
+    refused = run("evaluate", "--artifacts", str(artifacts), "-k", "2", "--labels", "prefix")
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "prefix" in refused.stderr
     too_deep = run("evaluate", "--artifacts", str(artifacts), "-k", "4")  # 4 images: 3 others each at most
     assert too_deep.returncode == 2 and "give -k from 1 to 3" in too_deep.stderr and too_deep.stdout == ""
-    unknown = run("evaluate", "--artifacts", str(artifacts), "--compare", "plain;bogus")
+    unknown = run("evaluate", "--artifacts", str(artifacts), "-k", "2", "--compare", "plain;bogus")
     assert unknown.returncode == 2 and "'bogus'" in unknown.stderr and unknown.stdout == ""  # before any work
 
 
