@@ -7,8 +7,9 @@ embeddings) and saved as a collection (`save_embeddings`, records from `collecti
 in a cache folder that later runs reuse. Each candidate index is then measured in a process of its own,
 so that its peak memory is its own:
 
-- **build s**: `build_index(load_embeddings(folder), factory, target_recall=0.95)`: training, adding and
-  tuning the search parameters on held-out vectors of the collection (`tuning.tune`).
+- **build s**: `build_index(load_embeddings(folder), factory, target_recall=0.95, retrieval="plain")`: training,
+  adding and tuning the search parameters on held-out vectors of the collection (`tuning.tune`); plain L2, as the
+  synthetic vectors are made for it.
 - **peak build MiB**: the build process's peak resident memory (Linux VmHWM, reset once the collection is
   loaded, so it counts the interpreter, FAISS and the collection's records too).
 - **bytes/vector**: the saved index file's size / N: codes, ids, list and graph structure; what a
@@ -157,7 +158,8 @@ def build_and_save(spec: dict) -> dict:
     records = status_bytes("VmRSS") - before
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM, the peak RSS, restarts from the current RSS
     start = time.perf_counter()
-    built = build_index(embeddings, spec["factory"], target_recall=spec["target"], memory_budget=spec["budget"])
+    built = build_index(embeddings, spec["factory"], target_recall=spec["target"], memory_budget=spec["budget"],
+                        retrieval="plain")
     build_s, peak = time.perf_counter() - start, status_bytes("VmHWM")
     save_index(built, spec["index"])
     structure, tuned = built.structure, built.tuning

@@ -106,7 +106,7 @@ def build(folder: Path, artifacts: Path, embedder: Embedder, batch_size: int, fa
     # The index is built from the saved embeddings (it points at the version it indexes), so the embeddings are
     # saved first; "save s" is both saves, "index s" the build between them.
     save_seconds, embeddings = timed(lambda: save_embeddings(embeddings, embeddings_dir(artifacts)))
-    seconds["index"], index = timed(lambda: build_index(embeddings, factory, previous=index))
+    seconds["index"], index = timed(lambda: build_index(embeddings, factory, previous=index, retrieval="plain"))
     index_save_seconds, _ = timed(lambda: save_index(index, index_dir(artifacts)))
     seconds["save"] = save_seconds + index_save_seconds
     return Run(seconds, embeddings, index)
@@ -136,7 +136,7 @@ def checks(rebuild: Run, update: Run, added: list[str], folder: Path, artifacts:
         f"their vectors equal the rebuild's (largest difference {difference:.1e} of the largest value)":
             difference < 1e-4,
         f"the saved updated index gives the same top-{K} as build_index from scratch ({len(queries)} queries)":
-            answers == top_paths(build_index(final, update.index.factory), queries),
+            answers == top_paths(build_index(final, update.index.factory, retrieval="plain"), queries),
         "... and as the full rebuild's index": answers == top_paths(rebuild.index, queries),
     }
 

@@ -130,7 +130,7 @@ def build(images: Path, artifacts: Path, count: int, batch_size: int, runtime: s
         *common, "extract", "--weights", "random", "--images", str(images), "--artifacts", str(artifacts),
         "--batch-size", str(batch_size), "--runtime", runtime,
     ])
-    index = run_measured([*common, "index", "--artifacts", str(artifacts)])
+    index = run_measured([*common, "index", "--artifacts", str(artifacts), "--retrieval", "plain"])
     indexed = len(load_index(index_dir(artifacts))) if extract.returncode == index.returncode == 0 else -1
     sizes = (folder_mib(embeddings_dir(artifacts)), folder_mib(index_dir(artifacts)))
     return Build(count, extract, index, indexed, *sizes)

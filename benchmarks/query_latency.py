@@ -112,7 +112,7 @@ def synthetic_index(count: int, info: EmbedderInfo, folder: Path) -> SearchIndex
     vectors = np.random.default_rng(0).standard_normal((count, info.dim), dtype=np.float32)
     items = [ImageRecord(i, f"synthetic/{i:07d}.jpg", 0, 0, f"{i:064x}") for i in range(count)]
     saved = save_embeddings(Embeddings(vectors, items, info, "synthetic"), folder / "embeddings")
-    save_index(build_index(saved, "Flat"), folder / "index")
+    save_index(build_index(saved, "Flat", retrieval="plain"), folder / "index")
     return load_index(folder / "index")
 
 

@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.copytree(DEMO_IMAGES, images, ignore=shutil.ignore_patterns("*.md", "*.py"))
         embedder = make_embedder("resnet50", args.weights, runtime=args.runtime, purpose="query", images=images)
         saved = save_embeddings(extract_embeddings(images, embedder, 32, progress=False), embeddings_dir(artifacts))
-        save_index(build_index(saved, "Flat"), index_dir(artifacts))
+        save_index(build_index(saved, "Flat", retrieval="plain"), index_dir(artifacts))
         index = load_index(index_dir(artifacts))
         queries = [(images / name).read_bytes() for name in list_images(images)]
         ids = index.ids.tolist()
