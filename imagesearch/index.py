@@ -204,12 +204,11 @@ def _neighbours(search_index: SearchIndex, ids: np.ndarray, count: int, depth: i
     read from the collection, rank them.
     """
     depth = min(len(search_index), depth or count + 1)
-    queries = search_index.vectors_of(ids)
-    _, found = search_index.search_ids(queries, depth, expand=False)
     space = search_index.space
+    own = space.prepare(search_index.vectors_of(ids))
+    _, found = search_index.search_ids(own, depth, expand=False, prepared=True)
     present = found >= 0
     similarities = np.full(found.shape, -np.inf, np.float32)
-    own = space.prepare(queries)
     candidates = space.prepare(search_index.vectors_of(found[present]))
     similarities[present] = np.einsum("ij,ij->i", candidates, own[np.nonzero(present)[0]])
     order = np.argsort(-similarities, axis=1, kind="stable")
