@@ -209,8 +209,8 @@ class SearchIndex:
             distances, found = search(expanded, k)
             return self._copies_first(prepared, distances, found, first)
 
-    def _copies_first(self, prepared: np.ndarray, distances: np.ndarray, found: np.ndarray,
-                      first: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def _copies_first(self, prepared: np.ndarray, distances: np.ndarray, found: np.ndarray, first: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray]:
         """The answers with exact copies of each query first, at their own distance (about 0).
 
         Blending (DBA) and expansion (QE) rank images by their neighbourhoods,
@@ -219,7 +219,7 @@ class SearchIndex:
         much: images whose own vector is the query's (`COPY_DISTANCE`) are put
         first, from among the answers and the first search's (`first`).
         """
-        candidates = found if first is None else np.concatenate([found, first], axis=1)
+        candidates = np.concatenate([found, first], axis=1)
         present = np.unique(candidates[candidates >= 0])
         if self.store is None or not len(present):
             return distances, found
