@@ -39,9 +39,6 @@ from imagesearch.errors import UserFacingError
 from imagesearch.evaluate import (
     SelfCheck,
     compare_configurations,
-    evaluate,
-    group_of,
-    precision_at_k,
     score_index,
     self_check,
 )
@@ -141,9 +138,7 @@ __all__ = [
     "embed",
     "embedder_for",
     "embeddings_dir",
-    "evaluate",
     "extract_embeddings",
-    "group_of",
     "index_dir",
     "list_images",
     "load_embeddings",
@@ -158,7 +153,6 @@ __all__ = [
     "plot_embedding_map",
     "plot_recall_speed",
     "plot_runtimes",
-    "precision_at_k",
     "recall_at_k",
     "remembered_choice",
     "read_skipped",

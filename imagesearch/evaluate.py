@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import PurePosixPath
 
 import numpy as np
 
@@ -21,44 +20,26 @@ KS = (1, 5, 10)
 COMPARED = ("plain", "cosine", "whiten", "qe", "dba", "recommended")
 
 
-def group_of(path: str, separator: str = "__") -> str:
-    """Return the group an image belongs to: its file name up to `separator`, else the folder it is in.
-
-    "cat__mirror.jpg" -> "cat" (a version of one photo), "caltech101/cup/image_0001.jpg" -> "caltech101/cup"
-    (a folder per label). The folder's whole path, not its last name, so that a folder `camera/` is no group
-    of `camera__crop.jpg`'s. A file with neither is a group of its own: its name.
-    """
-    posix = PurePosixPath(path)
-    if separator in posix.name or posix.parent == PurePosixPath("."):
-        return posix.name.split(separator)[0]
-    return str(posix.parent)
-
-
 def neighbour_rows(search_index: SearchIndex, k: int) -> np.ndarray:
     """Return, for each indexed image (in `paths` order), the rows of its k nearest *other* images."""
     if len(search_index) <= k:
         raise ValueError(f"need more than k={k} indexed images, the index holds {len(search_index)}")
-    _, ids = search_index.search_ids(search_index.vectors(), k + 1, exclude=search_index.ids)
-    row_of_id = {image_id: row for row, image_id in enumerate(search_index.ids)}
-    rows = np.vectorize(lambda i: row_of_id.get(i, -1), otypes=[np.int64])(ids)
-    own = np.arange(len(search_index))[:, None]
-    # Drop each row's own entry; when duplicates push it out of the k+1, drop the last column instead.
-    # Approximate indexes may return fewer than k+1 rows, padded with -1: keep that padding.
-    others = np.where(rows == own, -2, rows)
-    kept = [row[row != -2][:k] for row in others]
-    return np.array([np.pad(row, (0, k - len(row)), constant_values=-1) for row in kept])
+    ids = np.asarray(search_index.ids, dtype=np.int64)
+    _, found = search_index.search_ids(search_index.vectors(), k + 1, exclude=ids)
+    rows = _rows_of(found, ids)
+    # Keep each query's first k entries other than itself (when duplicates push it out of the k+1, that drops the
+    # last column). A stable sort moves its own entry, if any, to the end. Approximate indexes may return fewer
+    # than k+1 ids, padded with -1: that padding stays, and counts as a miss.
+    others = rows != np.arange(len(ids))[:, None]
+    return np.take_along_axis(rows, np.argsort(~others, axis=1, kind="stable")[:, :k], axis=1)
 
 
-def precision_at_k(neighbours: np.ndarray, labels: np.ndarray) -> float:
-    """Mean fraction of each item's retrieved neighbours that share its label.
-
-    Args:
-        neighbours: `(n, k)` rows of the retrieved items, for each of n queries;
-            -1 marks a neighbour the index did not return, which counts as a miss.
-        labels: `(n,)` label of every item, indexed by row.
-    """
-    labels = np.asarray(labels)
-    return float(np.mean((labels[neighbours] == labels[:, None]) & (neighbours >= 0)))
+def _rows_of(found: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """The row in `ids` of each id in `found`, -1 where it is none of them (FAISS's padding)."""
+    order = np.argsort(ids, kind="stable")
+    at = np.clip(np.searchsorted(ids, found, sorter=order), 0, len(ids) - 1)
+    rows = order[at]
+    return np.where(ids[rows] == found, rows, -1)
 
 
 def score_index(search_index: SearchIndex, labels: str | Labels = "auto", ks: Sequence[int] = KS,
@@ -82,12 +63,6 @@ def compare_configurations(
         labels = labels_of(embeddings.paths, labels, root=embeddings.image_root)
     return {str(Retrieval.parse(config)): score_index(build_index(embeddings, factory, retrieval=config), labels, ks)
             for config in configurations}
-
-
-def evaluate(search_index: SearchIndex, k: int = 5) -> float:
-    """Precision@k of retrieving an image's own group (`group_of`), querying every indexed image in turn."""
-    labels = np.array([group_of(path) for path in search_index.paths])
-    return precision_at_k(neighbour_rows(search_index, k), labels)
 
 
 @dataclass(frozen=True)
