@@ -17,13 +17,17 @@ from imagesearch.collection import (
     read_skipped,
     save_embeddings,
 )
+from imagesearch.comparison import Comparison, Embedded, compare, embed_folder, parse_candidates
 from imagesearch.display import (
     caption,
     plot_embedding_map,
+    plot_precision_at_k,
+    plot_quality_speed,
     plot_recall_speed,
     plot_runtimes,
     show_images,
     show_results,
+    show_worst_queries,
 )
 from imagesearch.embedders import (
     Embedder,
@@ -81,6 +85,14 @@ from imagesearch.storage import ArtifactError, DamagedStateError, DamagedStateWa
 from imagesearch.tuning import Candidate, Tuning, choose
 
 __all__ = [
+    "Comparison",
+    "Embedded",
+    "compare",
+    "embed_folder",
+    "parse_candidates",
+    "plot_precision_at_k",
+    "plot_quality_speed",
+    "show_worst_queries",
     "score_index",
     "score",
     "labels_of",

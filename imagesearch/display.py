@@ -1,4 +1,5 @@
-"""Pictures for the notebooks: image grids, query results with distances, an embedding map, recall against speed.
+"""Pictures for the notebooks: image grids, query results with distances, an embedding map, recall against speed,
+and what evaluation found (precision against k, quality against speed, the worst queries).
 
 A JupyterLab output area is about 1,000 pixels wide and shrinks a wider
 figure to fit, titles and all: 21 results in one row came out with titles
@@ -21,6 +22,7 @@ from matplotlib import ticker
 from matplotlib.figure import Figure
 from PIL import Image
 
+from .comparison import Comparison, Result
 from .images import ImageLoadError, ImageSource, load_thumbnail
 from .index import Hit
 from .runtimes import Choice
@@ -174,6 +176,76 @@ def plot_runtimes(choice: Choice) -> Figure:
     batches.invert_yaxis()
     figure.suptitle("ResNet50's runtimes on this CPU, as `auto` measured them", fontsize=10)
     figure.tight_layout()
+    return figure
+
+
+def plot_precision_at_k(comparison: Comparison, configurations: Sequence[str] = ("plain", "recommended")) -> Figure:
+    """precision@k against k for each backbone (a colour each) with each of `configurations` (a line style each)."""
+    figure, axis = plt.subplots(figsize=(9.5, 4))
+    styles = dict(zip(configurations, ("--", "-", ":", "-.")))
+    for colour, backbone in enumerate(comparison.embedded):
+        for configuration, style in styles.items():
+            curve = comparison.precision_curve(comparison.result(backbone, configuration))
+            axis.plot(range(1, len(curve) + 1), curve, style, marker="o", markersize=4, color=plt.cm.tab10(colour % 10),
+                      label=f"{backbone}, {configuration}")
+    axis.set_xlabel("k: neighbours looked at")
+    axis.set_ylabel("precision@k: share with the query's label")
+    axis.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+    axis.set_ylim(0, 1.02)
+    axis.legend(fontsize=8, bbox_to_anchor=(1.02, 1), loc="upper left")
+    axis.grid(True, alpha=0.3)
+    queries, labels = comparison.results[0].scores.evaluated, comparison.labels.label_count
+    axis.set_title(f"{queries} queries, {labels} labels", fontsize=10)
+    figure.tight_layout()
+    return figure
+
+
+def plot_quality_speed(comparison: Comparison) -> Figure:
+    """Each backbone's best mAP@k against how many images it embeds per second, its vector size beside it."""
+    figure, axis = plt.subplots(figsize=(7, 3.8))
+    k = comparison.k
+    for colour, (backbone, embedded) in enumerate(comparison.embedded.items()):
+        best = comparison.best(backbone)
+        axis.scatter(embedded.images_per_second, best.metric(f"mAP@{k}"), s=40 + embedded.dimension / 16,
+                     color=plt.cm.tab10(colour % 10), zorder=3)
+        name = backbone if len(backbone) <= 24 else backbone[:23] + "…"
+        axis.annotate(f" {name}\n {embedded.dimension}-d, {best.configuration}",
+                      (embedded.images_per_second, best.metric(f"mAP@{k}")), fontsize=8, va="center")
+    speeds = [embedded.images_per_second for embedded in comparison.embedded.values()]
+    axis.set_xscale("log")
+    axis.set_xlim(min(speeds) / 1.5, max(speeds) * 6)  # room on the right for the names
+    axis.xaxis.set_major_locator(ticker.LogLocator(subs=(1, 2, 5)))
+    axis.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+    axis.xaxis.set_minor_formatter(ticker.NullFormatter())
+    axis.set_xlabel("images embedded per second on this machine (more is faster)")
+    axis.set_ylabel(f"best mAP@{k}")
+    axis.margins(y=0.25)
+    axis.grid(True, which="both", alpha=0.3)
+    figure.tight_layout()
+    return figure
+
+
+def show_worst_queries(comparison: Comparison, result: Result, image_root: str | os.PathLike, count: int = 4,
+                       k: int | None = None) -> Figure:
+    """The queries `result` serves worst: each query (titled with its label and AP@k), then its k nearest others,
+    titled with their labels, green where the label is the query's and red where it is not."""
+    k = k or comparison.k
+    names, paths = comparison.labels.names, comparison.embedded[result.backbone].embeddings.paths
+    rows = comparison.worst_queries(result, count)
+    precisions = comparison.average_precisions(result)
+    ncols = k + 1
+    figure, axes = _grid(len(rows) * ncols, ncols)
+    for block, row in enumerate(rows):
+        cells = axes[block * ncols: (block + 1) * ncols]
+        _draw(cells[0], Path(image_root) / paths[row], f"{_short(names[row], 20)}\nAP@{comparison.k} "
+              f"{precisions[row]:.2f}", color="tab:blue")
+        for axis, other in zip(cells[1:], result.neighbours[row, :k]):
+            if other < 0:
+                continue
+            right = names[other] == names[row]
+            _draw(axis, Path(image_root) / paths[other], _short(str(names[other]), 20),
+                  color="tab:green" if right else "tab:red")
+    figure.suptitle(f"worst {len(rows)} queries: {result.backbone}, {result.configuration}", fontsize=10)
     return figure
 
 
