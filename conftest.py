@@ -1,7 +1,8 @@
 """pytest set-up shared by the unit tests and the notebook runs (nbval).
 
 The notebooks read their parameters from IMAGESEARCH_* environment variables.
-Under pytest they run offline: seeded random ResNet50 weights, and a throwaway
+Under pytest they run offline: seeded random weights (ResNet50; and EfficientNetV2-B0 beside it in notebook 04,
+which compares backbones), and a throwaway
 artifacts folder that notebook 01 writes, 02 reads and writes, and 03 reads
 (pytest runs them in that order), and a cache of LiteRT conversions and
 runtime choices of the session's own (IMAGESEARCH_CACHE, not ~/.keras): the
@@ -18,6 +19,9 @@ NOTEBOOK_DEFAULTS = {
     "IMAGESEARCH_IMAGES": "../images",  # relative to notebooks/, where nbval starts each kernel
     "IMAGESEARCH_BACKBONE": "resnet50",
     "IMAGESEARCH_WEIGHTS": "random",  # ImageNet weights cannot be downloaded on offline machines
+    # Notebook 04 compares two of the four backbones: convnext_tiny and vit_b16 embed 3 to 5 images/s on 2 cores,
+    # a minute or more each for the demo's 208 images (tests/test_backbones.py builds and runs every one).
+    "IMAGESEARCH_BACKBONES": "resnet50;efficientnetv2b0",
 }
 
 

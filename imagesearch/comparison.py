@@ -214,20 +214,24 @@ class Comparison:
 
     def recommendation(self) -> list[str]:
         """The choice, and why: what it scores, what it was preferred to, and the command that builds it."""
-        best, choice = self.best(), self.choice
-        k = self.k
-        lines = [f"best mAP@{k}: {best.backbone} with {best.configuration}, {_scores(best, k)}"]
+        best, choice, k = self.best(), self.choice, self.k
+        lines = []
+        if choice is not best:
+            lines.append(f"best mAP@{k}: {best.backbone} with {best.configuration}, {_scores(best, k)}")
         if choice.backbone != best.backbone:
             gap, error = self.gap(best, self.best(choice.backbone))
             speedup = self.embedded[choice.backbone].images_per_second / self.embedded[best.backbone].images_per_second
             lines.append(f"{choice.backbone} is within the noise of it (mAP@{k} {gap:.3f} lower ± {error:.3f} over "
                          f"{self.results[0].scores.evaluated} queries) and embeds {speedup:.1f}x faster: prefer it")
-        if choice.configuration == str(DEFAULT_RETRIEVAL):
-            chosen_best = self.best(choice.backbone)
-            if chosen_best is not choice:
-                gap, error = self.gap(chosen_best, choice)
-                lines.append(f"the default configuration ({choice.configuration}) is within the noise of "
-                             f"{chosen_best.configuration} ({gap:.3f} ± {error:.3f} lower): keep the default")
+        chosen_best, default = self.best(choice.backbone), self._default(choice.backbone)
+        if choice is default and chosen_best is not choice:
+            gap, error = self.gap(chosen_best, choice)
+            lines.append(f"the default configuration ({choice.configuration}) is within the noise of "
+                         f"{chosen_best.configuration} ({gap:.3f} ± {error:.3f} lower): keep the default")
+        elif default is not None and choice is not default:
+            gap, error = self.gap(choice, default)
+            lines.append(f"{choice.configuration} beats the default ({default.configuration}) by {gap:.3f} ± "
+                         f"{error:.3f} in mAP@{k}, beyond the noise: worth setting")
         plain = self._plain(choice.backbone)
         if plain is not None and plain is not choice:
             gap, error = self.gap(choice, plain)
