@@ -9,6 +9,7 @@ backbone, or the default configuration, is within the noise of it on these queri
 from __future__ import annotations
 
 import os
+import shlex
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -183,7 +184,7 @@ class Comparison:
 
     def within_noise(self, better: Result, other: Result) -> bool:
         gap, error = self.gap(better, other)
-        return gap < NOISE_STANDARD_ERRORS * error
+        return gap <= NOISE_STANDARD_ERRORS * error  # identical results (0 ± 0) are within it
 
     def worst_queries(self, result: Result, count: int = 4) -> np.ndarray:
         """Rows of the `count` queries with the lowest AP@k under `result` (the first in path order on ties)."""
@@ -239,8 +240,9 @@ class Comparison:
                          f"{choice.metric(f'precision@{k}') - plain.metric(f'precision@{k}'):+.3f}")
         lines.append(f"recommended: {choice.backbone} with {choice.configuration}, {_scores(choice, k)}")
         candidate = self.embedded[choice.backbone].candidate
-        weights = "" if candidate.weights == "imagenet" else f" --weights {candidate.weights}"
-        retrieval = "" if choice.configuration == str(DEFAULT_RETRIEVAL) else f" --retrieval '{choice.configuration}'"
+        weights = "" if candidate.weights == "imagenet" else f" --weights {shlex.quote(candidate.weights)}"
+        default = choice.configuration == str(DEFAULT_RETRIEVAL)
+        retrieval = "" if default else f" --retrieval {shlex.quote(choice.configuration)}"
         lines.append(f"build it: python -m imagesearch build --images FOLDER --backbone {candidate.backbone}"
                      f"{weights}{retrieval}")
         random = [name for name, embedded in self.embedded.items()
@@ -274,6 +276,10 @@ def compare(embedded: Sequence[Embedded], labels: str | Labels = "auto",
         if other.embeddings.paths != paths:
             raise ValueError(f"{other.candidate.name} embedded other images than {embedded[0].candidate.name}: "
                              "compare backbones on the same folder")
+    names = [run.candidate.name for run in embedded]
+    if len(set(names)) < len(names):
+        raise ValueError(f"two backbones are called {max(names, key=names.count)}: compare each backbone once (name a "
+                         "weights file after @ to compare it with the same backbone's ImageNet weights)")
     if not isinstance(labels, Labels):
         labels = labels_of(paths, labels, root=root or embedded[0].embeddings.image_root)
     ks = tuple(sorted({*ks, k}))
