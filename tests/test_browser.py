@@ -6,8 +6,9 @@ wrote), then in notebook 03 choose another image in the dropdown, change k
 with the slider, upload an image and a file that is not one, and read what the
 page shows: the status line, the result captions (checked against neighbours
 computed here, in the test's own process, from the saved index), and no
-traceback anywhere. A second test runs notebook 01 offline with ImageNet
-weights and reads the short error it must show.
+traceback anywhere. Then notebook 04 (which reads only the images) runs to
+the end, facts and pictures on the page. Another test runs notebook 01
+offline with ImageNet weights and reads the short error it must show.
 
 Needs /usr/bin/chromium (`make browser`) and playwright (requirements.txt);
 without them the tests skip, unless IMAGESEARCH_REQUIRE_BROWSER=1 (CI), which
@@ -42,6 +43,7 @@ pytestmark = pytest.mark.browser
 
 IMAGES = REPO_ROOT / "images"
 NOTEBOOK_01, NOTEBOOK_02, NOTEBOOK_03 = "01_extract_embeddings.ipynb", "02_build_index.ipynb", "03_search.ipynb"
+NOTEBOOK_04 = "04_evaluate.ipynb"
 
 # Generous for a slow 2-core machine (ResNet50 at ~11 images/s: notebook 01 embeds 208 images), but finite.
 RUN_ALL_SECONDS = 600
@@ -85,6 +87,15 @@ FACTS = {
         "rocket__scale.jpg finds itself first: True",
         "Cannot search with notes.txt: not an image",
     ],
+    NOTEBOOK_04: [
+        "28 labels over 208 images (from file-name prefixes for 112 images, folders for 96); 0 unlabelled",
+        "resnet50: 208 images, 2048-d float32 (8 KiB per image)",
+        "efficientnetv2b0: 208 images, 1280-d float32 (5 KiB per image)",
+        "12 results (2 backbones x 6 configurations), each over 208 queries",
+        "recall grows with k: True",
+        "4 worst queries shown; none above the mean AP: True",
+        "build it: python -m imagesearch build --images FOLDER --backbone",
+    ],
 }
 
 #: The app's view, read off the page: the status line and the caption of every tile in view, in order.
@@ -116,7 +127,7 @@ def timed(name: str):
 
 @pytest.fixture(scope="module")
 def random_lab(tmp_path_factory):
-    """One JupyterLab for notebooks 01 to 03, with seeded random ResNet50 weights and a throwaway artifacts folder."""
+    """One JupyterLab for the notebooks, with seeded random weights and a throwaway artifacts folder."""
     require_browser()
     workdir = tmp_path_factory.mktemp("lab-random")
     artifacts = workdir / "artifacts"
@@ -124,6 +135,7 @@ def random_lab(tmp_path_factory):
     env = {
         "IMAGESEARCH_WEIGHTS": "random",
         "IMAGESEARCH_BACKBONE": "resnet50",
+        "IMAGESEARCH_BACKBONES": "resnet50;efficientnetv2b0",  # notebook 04, as under nbval (conftest.py)
         "IMAGESEARCH_IMAGES": str(IMAGES),
         "IMAGESEARCH_ARTIFACTS": str(artifacts),
     }
@@ -303,6 +315,19 @@ def test_notebooks_run_all_and_search_app(random_lab, page, tmp_path):
     assert "Traceback" not in page.locator(".jp-Notebook").inner_text()
     print("timings:", TIMINGS)
     print("browser console errors:", page.errors_seen)
+
+
+def test_evaluation_notebook_runs_all_with_its_pictures(random_lab, page):
+    lab, _ = random_lab
+    lab.shut_down_kernels()  # the kernels of notebooks 01 to 03, if they ran first: TensorFlow each
+    notebook = run_notebook(page, lab, NOTEBOOK_04)
+    cells = check_clean(notebook)
+    check_facts(notebook)
+    assert "RandomWeightsWarning" in stderr_of(cells, "embed_folder"), "random weights unannounced"
+    # precision against k, quality against speed, the worst queries: three pictures, each drawn on the page
+    pictures = page.locator(".jp-Notebook .jp-OutputArea-output img")
+    assert pictures.count() == 3, f"{pictures.count()} pictures on the page"
+    assert all(pictures.nth(i).evaluate("img => img.naturalWidth > 300") for i in range(3))
 
 
 @pytest.fixture
