@@ -167,7 +167,8 @@ def _save_examples(search_index, image_root, queries: list[str], figure_path: Pa
 
     rows = [(Path(image_root) / query, search_indexed(search_index, query, k), f"query: {query}") for query in queries]
     figure = show_result_rows(rows, image_root)
-    figure.suptitle(f"{len(search_index)} images, {search_index.factory} index\nembedder: {search_index.embedder}",
+    figure.suptitle(f"{len(search_index)} images, {search_index.factory} index, {search_index.retrieval} retrieval\n"
+                    f"embedder: {search_index.embedder}",
                     fontsize=10)
     figure.savefig(figure_path, dpi=100, pil_kwargs={"quality": 85})  # photos: JPEG is a fraction of PNG
 

@@ -36,9 +36,9 @@ GRID_COLUMNS = 6
 TITLE_POINTS = 8
 
 
-def caption(hit: Hit, width: int = 26) -> str:
-    """How a result is titled, in the figures and in the app: rank, squared L2 distance, path."""
-    return f"#{hit.rank + 1}  d={hit.distance:.3g}\n{_short(hit.path, width)}"
+def caption(hit: Hit, width: int = 22) -> str:
+    """How a result is titled, in the figures and in the app: rank, distance, path (on two lines if it is long)."""
+    return f"#{hit.rank + 1}  d={hit.distance:.3g}\n{_wrapped(hit.path, width)}"
 
 
 def show_images(
@@ -69,7 +69,7 @@ def show_result_rows(
     first = 0
     for (query, hits, title), block in zip(rows, blocks):
         cells = axes[first : first + 1 + len(hits)]
-        _draw(cells[0], query, _short(title, 30), color="tab:blue")
+        _draw(cells[0], query, _wrapped(title), color="tab:blue")
         for axis, hit in zip(cells[1:], hits):
             _draw(axis, Path(image_root) / hit.path, caption(hit))
         first += block * ncols
@@ -271,5 +271,23 @@ def _draw(axis: plt.Axes, source: ImageSource, title: str, color: str = "black")
     axis.set_title(title, fontsize=TITLE_POINTS, color=color)
 
 
+def _wrapped(path: str, width: int = 22) -> str:
+    """`path` on one line if it fits in `width` characters (22 fit above a cell of a 6-wide grid at TITLE_POINTS),
+    else its folder and its file name on a line each, each shortened to fit."""
+    if len(path) <= width or "/" not in path:
+        return _short(path, width)
+    folder, _, name = path.rpartition("/")
+    return f"{_short(folder + '/', width)}\n{_short(name, width)}"
+
+
 def _short(path: str, width: int = 26) -> str:
-    return path if len(path) <= width else "…" + path[-(width - 1):]
+    """`path` in at most `width` characters: whole leading folders dropped first ("…/cup/image_0001.jpg"), so
+    that the folder nearest the file, often its label, stays; cut inside a name only when that is not enough."""
+    if len(path) <= width:
+        return path
+    parts = path.split("/")
+    for start in range(1, len(parts)):
+        tail = "…/" + "/".join(parts[start:])
+        if len(tail) <= width:
+            return tail
+    return "…" + path[-(width - 1):]
