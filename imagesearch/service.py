@@ -19,6 +19,13 @@ index was not updated yet) leaves the service on the state it has, and
 Handlers are plain functions, which FastAPI runs in its thread pool: the
 model and FAISS never block the event loop, and /health answers while
 searches run.
+
+Start-up: the model and index load in the app's lifespan. Where that raises a
+`UserFacingError` (no index yet, a damaged one, weights that cannot be had),
+uvicorn logs one line, `imagesearch service: cannot start: <what happened;
+what to do>`, then its own "Application startup failed. Exiting.", and exits
+with status 3: no traceback, and nothing on disk is touched. Anything else (a
+bug) keeps its traceback.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import hashlib
 import hmac
 import io
 import os
+import sys
 import threading
 import time
 from contextlib import asynccontextmanager
@@ -52,8 +60,10 @@ from .index import SearchIndex, build_index, load_index, load_previous_index, sa
 from .index_files import METADATA_FILE
 from .query import search_image, search_indexed
 from .runtimes import make_embedder
-from .storage import FolderBusyError, atomic_path, embeddings_dir, exclusive, index_dir
+from .storage import FolderBusyError, atomic_path, embeddings_dir, exclusive, index_dir, one_line
 
+#: What the one line a start-up failure logs begins with.
+CANNOT_START = "imagesearch service: cannot start"
 #: The most neighbours one request may ask for.
 MAX_K = 100
 #: The largest upload accepted, in bytes (a 24-megapixel JPEG is well under it).
@@ -193,6 +203,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="imagesearch", lifespan=lifespan,
         description="Reverse image search over a saved collection: upload an image, get the nearest indexed images.",
     )
+    app.add_middleware(OneLineStartupErrors)
 
     def service() -> Service:
         return holder["service"]
@@ -313,6 +324,35 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return _changed(lambda: service().change(remove=[image_id]))
 
     return app
+
+
+class OneLineStartupErrors:
+    """ASGI middleware: a `UserFacingError` raised while the app starts reaches the server as one line.
+
+    Starlette reports a lifespan start-up that raised by sending the server
+    "lifespan.startup.failed" with the formatted traceback as its message,
+    which uvicorn logs before "Application startup failed. Exiting." (status
+    3). It sends it from the `except` block that caught the error, the one
+    `traceback.format_exc()` reads; so does this, to put `CANNOT_START: <the
+    error's message>` in place of the traceback. Other exceptions, bugs, keep
+    theirs; HTTP and shutdown pass through untouched.
+    """
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_one_line(message) -> None:
+            error = sys.exc_info()[1]
+            if message["type"] == "lifespan.startup.failed" and isinstance(error, UserFacingError):
+                message = {**message, "message": f"{CANNOT_START}: {one_line(error)}"}
+            await send(message)
+
+        await self.app(scope, receive, send_one_line)
 
 
 #: File name endings for what Pillow says an upload is.
