@@ -13,8 +13,10 @@ file, which every save replaces atomically; when it has changed, the new
 index is opened (memory-mapped where FAISS allows) and swapped in under a
 lock. A request keeps the state it started with to the end, so none sees half
 of a change. An index that cannot be opened (the collection moved on and the
-index was not updated yet) leaves the service on the state it has, and
-/health says why.
+index was not updated yet, or a file is damaged) leaves the service on the
+state it has, and /health says why. A request that meets saved state it
+cannot use (adding an image to embeddings of a newer format, say) gets a 503
+whose detail is the error's one line.
 
 Handlers are plain functions, which FastAPI runs in its thread pool: the
 model and FAISS never block the event loop, and /health answers while
@@ -45,7 +47,7 @@ from typing import Annotated
 import numpy as np
 from fastapi import Depends, FastAPI, File, Header, HTTPException, Query, UploadFile
 from fastapi import Path as PathParameter
-from fastapi.responses import FileResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
 from PIL import Image
 
 from .ann import IndexSpecError, SearchParams
@@ -204,6 +206,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Reverse image search over a saved collection: upload an image, get the nearest indexed images.",
     )
     app.add_middleware(OneLineStartupErrors)
+
+    @app.exception_handler(UserFacingError)
+    async def unavailable(_, error: UserFacingError) -> JSONResponse:
+        """Saved state a request cannot use now (damaged, or of a newer format), where no handler says more: 503
+        with the error's one line, which says what to do; searches go on with the index served."""
+        return JSONResponse({"detail": one_line(error)}, status_code=503)
 
     def service() -> Service:
         return holder["service"]
