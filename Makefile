@@ -58,10 +58,13 @@ lab: install  ## open the notebooks in JupyterLab, with the same settings as `ma
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
+# What `make demo` needs to be told to fill the folder `make serve` was given (nothing for the default one)
+DEMO_ARTIFACTS = $(if $(filter-out artifacts,$(ARTIFACTS)), ARTIFACTS=$(ARTIFACTS))
+
 # The service embeds queries with the model the index names (backbone and weights): only the runtime is chosen here.
 serve: install  ## the search service on http://$(HOST):$(PORT)/ over `make demo`'s artifacts (API docs: /docs)
-	@test -f "$(ARTIFACTS)/index/index.json" || { echo "No index in $(ARTIFACTS)/ to serve: run \`make demo\` first, \
-	or pass ARTIFACTS=folder" >&2; exit 2; }
+	@test -f "$(ARTIFACTS)/index/index.json" || { echo "No index in $(ARTIFACTS)/ to serve: run \`make demo$(DEMO_ARTIFACTS)\` \
+	first, or pass ARTIFACTS=folder" >&2; exit 2; }
 	IMAGESEARCH_ARTIFACTS="$(abspath $(ARTIFACTS))" IMAGESEARCH_RUNTIME="$(RUNTIME)" \
 		$(BIN)/uvicorn imagesearch.service:app --host $(HOST) --port $(PORT)
 

@@ -142,12 +142,13 @@ def load_index(directory: str | os.PathLike, mmap: bool = True) -> SearchIndex:
     and flat indexes), so that opening a large one costs no reading: the
     index is then read-only.
 
-    Any damage (metadata missing, not JSON or not shaped as ours; an index file
-    missing, unreadable, or holding other ids than the collection) raises
-    `DamagedStateError`, one line that names the file and says the command
-    that rebuilds the index from the embeddings. An index the collection has
-    moved on from (embeddings saved since) raises `ArtifactError` saying to
-    update it. Indexes of format 3 (records in `index.json`) are read as they are.
+    Any damage (metadata missing, not JSON or not shaped as ours, or naming
+    another model than the collection's; an index file missing, unreadable, or
+    holding other ids than the collection) raises `DamagedStateError`, one line
+    that names the file and says the command that rebuilds the index from the
+    embeddings. An index the collection has moved on from (embeddings saved
+    since) raises `ArtifactError` saying to update it. Indexes of format 3
+    (records in `index.json`) are read as they are.
     """
     search_index = _load(Path(directory), mmap)
     if search_index.collection is None:
@@ -171,7 +172,15 @@ def load_index(directory: str | os.PathLike, mmap: bool = True) -> SearchIndex:
 
 
 def _check_ids(search_index: SearchIndex, embeddings: Embeddings, directory: Path) -> None:
-    """Raise `DamagedStateError` unless the index holds the ids of `embeddings`, the version it names."""
+    """Raise `DamagedStateError` unless the index names the model of `embeddings`, the version it names (whose
+    queries it is searched with), and holds their ids."""
+    if not search_index.embedder.compatible_with(embeddings.embedder):
+        raise DamagedStateError(
+            f"{directory / METADATA_FILE} is damaged (it names the model {search_index.embedder}, but the "
+            f"embeddings of the version it names were made by {embeddings.embedder}: queries would be embedded by "
+            "another model than the images were)",
+            index_advice(directory),
+        )
     if not np.array_equal(held_ids(search_index.index), np.sort(embeddings.ids)):
         raise DamagedStateError(
             f"{directory / METADATA_FILE} is damaged (its index holds {len(search_index)} vectors, but not under the "

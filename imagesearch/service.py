@@ -13,12 +13,21 @@ file, which every save replaces atomically; when it has changed, the new
 index is opened (memory-mapped where FAISS allows) and swapped in under a
 lock. A request keeps the state it started with to the end, so none sees half
 of a change. An index that cannot be opened (the collection moved on and the
-index was not updated yet) leaves the service on the state it has, and
-/health says why.
+index was not updated yet, or a file is damaged) leaves the service on the
+state it has, and /health says why. A request that meets saved state it
+cannot use (adding an image to embeddings of a newer format, say) gets a 503
+whose detail is the error's one line.
 
 Handlers are plain functions, which FastAPI runs in its thread pool: the
 model and FAISS never block the event loop, and /health answers while
 searches run.
+
+Start-up: the model and index load in the app's lifespan. Where that raises a
+`UserFacingError` (no index yet, a damaged one, weights that cannot be had),
+uvicorn logs one line, `imagesearch service: cannot start: <what happened;
+what to do>`, then its own "Application startup failed. Exiting.", and exits
+with status 3: no traceback, and nothing on disk is touched. Anything else (a
+bug) keeps its traceback.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ import hashlib
 import hmac
 import io
 import os
+import sys
 import threading
 import time
 from contextlib import asynccontextmanager
@@ -37,7 +47,7 @@ from typing import Annotated
 import numpy as np
 from fastapi import Depends, FastAPI, File, Header, HTTPException, Query, UploadFile
 from fastapi import Path as PathParameter
-from fastapi.responses import FileResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
 from PIL import Image
 
 from .ann import IndexSpecError, SearchParams
@@ -52,8 +62,10 @@ from .index import SearchIndex, build_index, load_index, load_previous_index, sa
 from .index_files import METADATA_FILE
 from .query import search_image, search_indexed
 from .runtimes import make_embedder
-from .storage import FolderBusyError, atomic_path, embeddings_dir, exclusive, index_dir
+from .storage import FolderBusyError, atomic_path, embeddings_dir, exclusive, index_dir, one_line
 
+#: What the one line a start-up failure logs begins with.
+CANNOT_START = "imagesearch service: cannot start"
 #: The most neighbours one request may ask for.
 MAX_K = 100
 #: The largest upload accepted, in bytes (a 24-megapixel JPEG is well under it).
@@ -193,6 +205,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="imagesearch", lifespan=lifespan,
         description="Reverse image search over a saved collection: upload an image, get the nearest indexed images.",
     )
+    app.add_middleware(OneLineStartupErrors)
+
+    @app.exception_handler(UserFacingError)
+    async def unavailable(_, error: UserFacingError) -> JSONResponse:
+        """Saved state a request cannot use now (damaged, or of a newer format), where no handler says more: 503
+        with the error's one line, which says what to do; searches go on with the index served."""
+        return JSONResponse({"detail": one_line(error)}, status_code=503)
 
     def service() -> Service:
         return holder["service"]
@@ -313,6 +332,35 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return _changed(lambda: service().change(remove=[image_id]))
 
     return app
+
+
+class OneLineStartupErrors:
+    """ASGI middleware: a `UserFacingError` raised while the app starts reaches the server as one line.
+
+    Starlette reports a lifespan start-up that raised by sending the server
+    "lifespan.startup.failed" with the formatted traceback as its message,
+    which uvicorn logs before "Application startup failed. Exiting." (status
+    3). It sends it from the `except` block that caught the error, the one
+    `traceback.format_exc()` reads; so does this, to put `CANNOT_START: <the
+    error's message>` in place of the traceback. Other exceptions, bugs, keep
+    theirs; HTTP and shutdown pass through untouched.
+    """
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_one_line(message) -> None:
+            error = sys.exc_info()[1]
+            if message["type"] == "lifespan.startup.failed" and isinstance(error, UserFacingError):
+                message = {**message, "message": f"{CANNOT_START}: {one_line(error)}"}
+            await send(message)
+
+        await self.app(scope, receive, send_one_line)
 
 
 #: File name endings for what Pillow says an upload is.

@@ -472,6 +472,12 @@ def metadata_of_wrong_shape(artifacts: Path) -> Path:
     return edit_metadata(artifacts, lambda metadata: metadata["collection"].pop("commit"))
 
 
+def metadata_of_another_model(artifacts: Path) -> Path:
+    """index.json names other weights than the embeddings of its version were made by: queries would be embedded
+    by that other model, and searched among vectors of this one."""
+    return edit_metadata(artifacts, lambda metadata: metadata["embedder"].update(weights="random(seed=1)"))
+
+
 @pytest.mark.parametrize(
     ("damage", "problem"),
     [
@@ -490,6 +496,9 @@ def metadata_of_wrong_shape(artifacts: Path) -> Path:
                      "images of the version it names", id="index-holds-other-ids"),
         pytest.param(metadata_of_wrong_shape, " is damaged (not index metadata as this code writes it: no 'commit' "
                      "entry)", id="index-json-wrong-shape"),
+        pytest.param(metadata_of_another_model, " is damaged (it names the model resnet50 (weights random(seed=1), "
+                     "2048-d), but the embeddings of the version it names were made by resnet50 (weights "
+                     "random(seed=0), 2048-d)", id="index-json-another-model"),
     ],
 )
 def test_a_damaged_index_is_named_in_one_line_and_the_advised_index_rebuilds_it_from_the_embeddings(
