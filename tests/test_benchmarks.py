@@ -88,3 +88,27 @@ def test_query_latency_smoke_run_times_every_runtime_and_auto_and_ends_with_a_su
     assert re.match(rf"summary: one query, p50 ours vs seed path: \d+ vs \d+ ms at 1,000 vectors \(\d\.\d\d\); "
                     rf"ours = auto → {PICKED}; target <= 0\.4: ", lines[-1])
     assert not any(line.startswith("summary: ") for line in lines[:-1])
+
+
+def test_backbones_smoke_run_measures_each_backbone_in_a_table_and_ends_with_a_summary(repo_root):
+    lines = run_benchmark(repo_root, "backbones.py", "--smoke")
+    dims = {"resnet50": "2048", "efficientnetv2b0": "1280"}
+    for backbone, dim in dims.items():
+        cells = table_cells(lines, re.escape(backbone))
+        assert len(cells) == 11, cells
+        assert cells[1] == dim and cells[2] == str(4 * int(dim)), cells  # float32 vectors
+        speeds, times = cells[3:5], cells[5:9]  # img/s; one image ms, build s, first call s, peak RSS MiB
+        assert all(re.fullmatch(r"\d+\.\d", cell) and float(cell) > 0 for cell in speeds), cells
+        assert all(re.fullmatch(r"\d+(\.\d)?", cell) for cell in times) and float(cells[8]) > 0, cells
+        assert float(cells[9]) == round(4 * int(dim) * 1e6 / 2**30, 2) and float(cells[10]) > 0, cells
+    rows = [line.split("|")[1].strip() for line in lines[1:] if line.startswith("| ")]
+    assert rows == ["backbone", *dims], rows  # the header, then one row per backbone: no other, none failed
+    checks = [line for line in lines if line.startswith("check: ")]
+    assert len(checks) == 4 and all(line.endswith(": yes") for line in checks), checks
+    (ratio,) = [line for line in lines if line.startswith("efficientnetv2b0 / resnet50: ")]
+    assert re.match(rf"efficientnetv2b0 / resnet50: pipeline {NUMBER}x, model alone {NUMBER}x the images/s", ratio)
+    assert any(line.startswith("machine: ") for line in lines)
+    assert any("not meaningful" in line for line in lines[:-1])
+    assert re.match(rf"summary: end-to-end images/s against resnet50's {NUMBER}: efficientnetv2b0 {NUMBER}x; ",
+                    lines[-1])
+    assert not any(line.startswith("summary: ") for line in lines[:-1])
