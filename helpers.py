@@ -17,7 +17,7 @@ from imagesearch.collection import (
     read_skipped,
     save_embeddings,
 )
-from imagesearch.comparison import Comparison, Embedded, compare, embed_folder, parse_candidates
+from imagesearch.comparison import Comparison, Embedded, compare, cost_lines, embed_folder, parse_candidates
 from imagesearch.display import (
     caption,
     plot_embedding_map,
@@ -88,6 +88,7 @@ __all__ = [
     "Comparison",
     "Embedded",
     "compare",
+    "cost_lines",
     "embed_folder",
     "parse_candidates",
     "plot_precision_at_k",

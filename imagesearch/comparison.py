@@ -85,6 +85,14 @@ class Embedded:
                 f"({self.bytes_per_image / 1024:g} KiB per image)")
 
 
+def cost_lines(embedded: Sequence[Embedded], images: int = 1_000_000) -> list[str]:
+    """What each backbone would cost for `images` images at the speed it embedded here: hours, and GiB of vectors."""
+    width = max(len(run.candidate.name) for run in embedded)
+    return [f"{run.candidate.name:<{width}}  {run.images_per_second:7.1f} images/s: {images:,} images in "
+            f"{images / run.images_per_second / 3600:5.1f} h, {images * run.bytes_per_image / 2**30:5.1f} GiB "
+            "of vectors" for run in embedded]
+
+
 def embed_folder(image_dir: str | os.PathLike, candidate: Candidate, runtime: str = "tensorflow",
                  batch_size: int = 32, progress: bool = True) -> Embedded:
     """Embed every image under `image_dir` with `candidate`, in memory (nothing is saved), timing the run.
@@ -188,9 +196,12 @@ class Comparison:
         return gap <= NOISE_STANDARD_ERRORS * error  # identical results (0 ± 0) are within it
 
     def worst_queries(self, result: Result, count: int = 4) -> np.ndarray:
-        """Rows of the `count` queries with the lowest AP@k under `result` (the first in path order on ties)."""
+        """Rows of the `count` queries with the lowest AP@k under `result`; among equals (many score 0), those with
+        the fewest label-mates in all their retrieved neighbours first, then the first in path order."""
         precisions = self.average_precisions(result)
-        order = np.argsort(np.where(np.isnan(precisions), np.inf, precisions), kind="stable")
+        codes = self.labels.codes
+        further = precision_at_k(result.neighbours, codes, codes, result.neighbours.shape[1])
+        order = np.lexsort((np.nan_to_num(further), np.where(np.isnan(precisions), np.inf, precisions)))
         return order[: min(count, int(np.count_nonzero(~np.isnan(precisions))))]
 
     def precision_curve(self, result: Result) -> np.ndarray:
@@ -244,7 +255,8 @@ class Comparison:
         weights = "" if candidate.weights == "imagenet" else f" --weights {shlex.quote(candidate.weights)}"
         default = choice.configuration == str(DEFAULT_RETRIEVAL)
         retrieval = "" if default else f" --retrieval {shlex.quote(choice.configuration)}"
-        lines.append(f"build it: python -m imagesearch build --images FOLDER --backbone {candidate.backbone}"
+        folder = shlex.quote(str(self.embedded[choice.backbone].embeddings.image_root))
+        lines.append(f"build it: python -m imagesearch build --images {folder} --backbone {candidate.backbone}"
                      f"{weights}{retrieval}")
         random = [name for name, embedded in self.embedded.items()
                   if embedded.embeddings.embedder.weights.startswith("random")]

@@ -94,7 +94,7 @@ FACTS = {
         "12 results (2 backbones x 6 configurations), each over 208 queries",
         "recall grows with k: True",
         "4 worst queries shown; none above the mean AP: True",
-        "build it: python -m imagesearch build --images FOLDER --backbone",
+        "build it: python -m imagesearch build --images ",
     ],
 }
 

@@ -14,8 +14,9 @@ import pytest
 from matplotlib.colors import same_color
 from PIL import Image
 
-from imagesearch.comparison import Candidate, Embedded, compare, parse_candidates
+from imagesearch.comparison import Candidate, Embedded, compare, cost_lines, parse_candidates
 from imagesearch.display import plot_precision_at_k, plot_quality_speed, show_worst_queries
+from imagesearch.metrics import precision_at_k
 
 GROUPS, MEMBERS = 4, 4
 PATHS = [f"g{g}__v{m}.png" for g in range(GROUPS) for m in range(MEMBERS)]  # labels g0..g3, 4 images each
@@ -175,7 +176,7 @@ def test_the_default_configuration_is_chosen_within_the_noise_of_the_best(embed)
     assert comparison.best().configuration == "plain" and comparison.choice.configuration == "recommended"
     recommendation = comparison.recommendation()
     assert any("default configuration (recommended) is within the noise of plain" in line for line in recommendation)
-    assert recommendation[-1] == "build it: python -m imagesearch build --images FOLDER --backbone mixed"
+    assert recommendation[-1] == "build it: python -m imagesearch build --images /nowhere --backbone mixed"
 
 
 def test_the_default_configuration_is_chosen_when_it_scores_the_same(embed):
@@ -189,7 +190,7 @@ def test_a_clearly_better_configuration_is_kept_and_named_in_the_build_command(e
     assert list(comparison.embedded) == ["resnet50@w.h5"]
     recommendation = comparison.recommendation()
     assert any(line.startswith("recommended: resnet50@w.h5 with plain") for line in recommendation)
-    assert recommendation[-1] == ("build it: python -m imagesearch build --images FOLDER --backbone resnet50 "
+    assert recommendation[-1] == ("build it: python -m imagesearch build --images /nowhere --backbone resnet50 "
                                   "--weights /models/w.h5 --retrieval plain")
 
 
@@ -215,7 +216,8 @@ def test_a_weights_path_with_a_space_is_quoted_in_the_build_command(embed):
 
 def test_worst_queries_ascend_by_ap_and_leave_out_a_label_of_one_image(embed):
     vectors = np.vstack([NOISE, np.random.default_rng(4).normal(size=(1, 8))])
-    comparison = run(embed("noisy", vectors, paths=PATHS + ["solo__x.png"]))
+    # neighbours to 8 but AP at 3: queries that tie at AP@3 differ further down
+    comparison = run(embed("noisy", vectors, paths=PATHS + ["solo__x.png"]), ks=(1, 3, 8), k=3)
     result = comparison.results[0]
     precisions = comparison.average_precisions(result)
     assert np.isnan(precisions[16]) and not np.isnan(precisions[:16]).any()
@@ -224,6 +226,18 @@ def test_worst_queries_ascend_by_ap_and_leave_out_a_label_of_one_image(embed):
     assert precisions[worst].max() <= np.delete(precisions[:16], worst).min()
     everything = comparison.worst_queries(result, count=100)
     assert sorted(everything) == list(range(16))
+    # among equal APs, the queries with the fewest label-mates anywhere in their neighbours come first
+    codes = comparison.labels.codes
+    further = precision_at_k(result.neighbours, codes, codes, result.neighbours.shape[1])[everything]
+    ties = np.diff(precisions[everything]) == 0
+    assert ties.any() and np.all(np.diff(further)[ties] >= 0) and np.any(np.diff(further)[ties] > 0)
+
+
+def test_cost_lines_align_the_names_and_scale_to_a_million_images(embed):
+    lines = cost_lines([embed("resnet50", CLEAN, seconds=2.0), embed("a_much_longer_name", CLEAN, seconds=1.0)])
+    assert lines[0].index("images/s") == lines[1].index("images/s")
+    assert "8.0 images/s: 1,000,000 images in  34.7 h," in lines[0]  # 16 images in 2 s; 8-d float32: 32 bytes
+    assert lines[1].endswith("0.0 GiB of vectors")
 
 
 def test_precision_curve_has_a_value_per_k_equal_to_the_scores_at_the_ks(embed):
