@@ -187,7 +187,7 @@ def plot_precision_at_k(comparison: Comparison, configurations: Sequence[str] = 
         for configuration, style in styles.items():
             curve = comparison.precision_curve(comparison.result(backbone, configuration))
             axis.plot(range(1, len(curve) + 1), curve, style, marker="o", markersize=4, color=plt.cm.tab10(colour % 10),
-                      label=f"{backbone}, {configuration}")
+                      label=f"{_cut(backbone)}, {configuration}")
     axis.set_xlabel("k: neighbours looked at")
     axis.set_ylabel("precision@k: share with the query's label")
     axis.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
@@ -208,8 +208,7 @@ def plot_quality_speed(comparison: Comparison) -> Figure:
         best = comparison.best(backbone)
         axis.scatter(embedded.images_per_second, best.metric(f"mAP@{k}"), s=40 + embedded.dimension / 16,
                      color=plt.cm.tab10(colour % 10), zorder=3)
-        name = backbone if len(backbone) <= 24 else backbone[:23] + "…"
-        axis.annotate(f" {name}\n {embedded.dimension}-d, {best.configuration}",
+        axis.annotate(f" {_cut(backbone)}\n {embedded.dimension}-d, {best.configuration}",
                       (embedded.images_per_second, best.metric(f"mAP@{k}")), fontsize=8, va="center")
     speeds = [embedded.images_per_second for embedded in comparison.embedded.values()]
     axis.set_xscale("log")
@@ -269,6 +268,11 @@ def _draw(axis: plt.Axes, source: ImageSource, title: str, color: str = "black")
     except ImageLoadError as error:
         axis.text(0.5, 0.5, f"cannot show:\n{error.reason}", ha="center", va="center", wrap=True, fontsize=7)
     axis.set_title(title, fontsize=TITLE_POINTS, color=color)
+
+
+def _cut(name: str, width: int = 24) -> str:
+    """A backbone's name in at most `width` characters: its start, which says what it is ("tflite@mobilenet_v1…")."""
+    return name if len(name) <= width else name[: width - 1] + "…"
 
 
 def _wrapped(path: str, width: int = 22) -> str:
