@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 import warnings
@@ -65,7 +66,14 @@ def extract(args: argparse.Namespace) -> int:
     print(f"Embedding {args.images} with {embedder.info}")
     folder = embeddings_dir(args.artifacts)
     previous = load_previous_embeddings(folder)
-    embeddings = extract_embeddings(args.images, embedder, args.batch_size, previous=previous, checkpoint_dir=folder)
+    if args.ray is not None:  # the same plan, journal and commit; the reading and the model on a Ray cluster
+        from .distributed import extract_on_ray
+
+        print(f"  on Ray ({os.environ.get('RAY_ADDRESS') or 'a local instance'}), {args.ray} embedding workers")
+        embeddings = extract_on_ray(args.images, embedder, folder, previous, args.batch_size, workers=args.ray)
+    else:
+        embeddings = extract_embeddings(args.images, embedder, args.batch_size, previous=previous,
+                                        checkpoint_dir=folder)
     embeddings = save_embeddings(embeddings, folder)
     changes = embeddings.changes
     print(f"{embeddings.summary()}\n  this run: {changes.summary()}\n  {changes.ignored_summary()}")
@@ -227,6 +235,10 @@ def parser() -> argparse.ArgumentParser:
         command.add_argument(
             "--batch-size", type=int, default=32, help="images per model call (default: %(default)s)"
         )
+        command.add_argument(
+            "--ray", type=int, nargs="?", const=1, default=None, metavar="WORKERS",
+            help="read and embed as a Ray job with WORKERS model actors (default 1): on the cluster $RAY_ADDRESS "
+            "names, else a local Ray; the embeddings folder must be one every node can read and write")
     for command in (build_command, index_command):
         command.add_argument(
             "--factory", default="auto",

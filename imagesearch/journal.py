@@ -60,15 +60,22 @@ class Journal:
         """
         if self.folder is None:
             return ArraySource(vectors)
-        meta = {
-            "embedder": self.embedder.to_dict(),
-            "files": [[record.path, record.size, record.mtime_ns, record.sha256] for record in records],
-        }
-        path = self.folder / fresh_name("batch", JOURNAL_SUFFIX)
-        with atomic_path(path) as temporary, open(temporary, "wb") as file:
-            np.savez(file, vectors=vectors, meta=np.array(json.dumps(meta)))
+        files = [(record.path, record.size, record.mtime_ns, record.sha256) for record in records]
+        path = write_batch(self.folder, self.embedder, files, vectors)
         self.files.append(path)
         return FileSource(path, key="vectors")
+
+
+def write_batch(folder: Path, embedder: EmbedderInfo, files: list[tuple[str, int, int, str]],
+                vectors: np.ndarray) -> Path:
+    """Write one journal file into `folder`, atomically: `vectors`, row by row those of `files` (path, size,
+    mtime_ns, SHA-256 in hex), made by `embedder`. What a run writes per batch, and what a worker of a
+    distributed run writes without reading the journal: a fresh name each time, so writers never collide."""
+    meta = {"embedder": embedder.to_dict(), "files": [list(file) for file in files]}
+    path = Path(folder) / fresh_name("batch", JOURNAL_SUFFIX)
+    with atomic_path(path) as temporary, open(temporary, "wb") as file:
+        np.savez(file, vectors=vectors, meta=np.array(json.dumps(meta)))
+    return path
 
 
 def delete_journal(files: list[Path]) -> None:

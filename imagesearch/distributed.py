@@ -1,0 +1,139 @@
+"""Extraction as a Ray job: the same plan, journal and commit as on one machine, the reading and embedding spread
+over a Ray cluster (a local one unless told its address).
+
+The driver plans as on one machine (`plan.make_plan`: what to read, the ids decided up front) and hands Ray Data
+the planned files no journal holds yet. Reading, hashing and decoding run as Ray tasks; embedding runs in a pool of
+actors, each with one model, on full batches; each actor journals its batches into the embeddings folder's
+`pending/` (a folder every node must be able to read and write), as a single-machine run does. The driver then
+assembles the collection from that journal with the single-machine code (`extract.embed`, which finds every vector
+there and embeds nothing more) and the caller commits it once (`save_embeddings`). A job that stops, or loses a
+worker, leaves the batches written: Ray retries what was lost, and a rerun sends only the files still missing.
+Files that cannot be read are left out of the batches; the driver reads them once more, and skips them with their
+reason, as on one machine.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from .collection import Embeddings
+from .embedders import Embedder, EmbedderInfo
+from .extract import _read_batches, embed
+from .journal import JOURNAL_DIR, Journal, write_batch
+from .plan import Plan, list_files, make_plan
+from .storage import exclusive
+
+#: Ray's environment variable for the cluster to join (`ray.init` reads it too); unset: a local Ray.
+ADDRESS_ENV = "RAY_ADDRESS"
+
+
+def extract_on_ray(
+    image_root: str | os.PathLike,
+    embedder: Embedder,
+    embeddings_dir: str | os.PathLike,
+    previous: Embeddings | None = None,
+    batch_size: int = 32,
+    workers: int = 1,
+    progress: bool = True,
+) -> Embeddings:
+    """Embed the images under `image_root` as `extract_embeddings` does, with the reading and the model on Ray.
+
+    `embedder` is the driver's: it names the model (the workers build the same, on its runtime) and embeds
+    nothing unless a file the workers could not read can be read by the driver. The result is what
+    `extract_embeddings(image_root, embedder, previous=previous, checkpoint_dir=embeddings_dir)` returns, to be
+    committed with `save_embeddings(result, embeddings_dir)`. Ray must be initialised (`ray.init`, with
+    `address=` for a cluster), or is started locally.
+    """
+    plan = make_plan(list_files(image_root), previous)
+    folder = Path(embeddings_dir)
+    with exclusive(folder):
+        todo = missing(plan, Journal(folder / JOURNAL_DIR, embedder.info))
+        if len(todo):
+            run_job(plan.listing.root, todo, embedder.info, folder / JOURNAL_DIR, batch_size, workers, progress)
+    result = embed(plan, embedder, batch_size, progress=False, checkpoint_dir=folder)
+    # The assembly found what the job embedded journaled: only what was journaled before the job counts as resumed.
+    result.changes = replace(result.changes, resumed=min(result.changes.resumed, len(plan.read) - len(todo)))
+    return result
+
+
+def missing(plan: Plan, journal: Journal) -> pa.Table:
+    """The planned files (path, size, mtime_ns) the journal holds no vector for: what the job has to embed."""
+    read = plan.read
+    paths = read.column("path").to_pylist()
+    sizes, times = read.column("size").to_numpy(), read.column("mtime_ns").to_numpy()
+    todo = np.array([journal.lookup(path, int(size), int(mtime)) is None
+                     for path, size, mtime in zip(paths, sizes, times)], bool)
+    return read.select(["path", "size", "mtime_ns"]).filter(pa.array(todo))
+
+
+def run_job(root: Path, files: pa.Table, info: EmbedderInfo, journal_dir: Path, batch_size: int, workers: int,
+            progress: bool) -> int:
+    """Read and embed `files` (under `root`) on Ray, every batch journaled into `journal_dir`; return the number
+    of files journaled."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get(ADDRESS_ENV), include_dashboard=False, log_to_driver=False,
+                 logging_level="warning")
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = progress
+    # Blocks of whole batches, at least four per model actor, so that every actor has work (Ray Data runs a block
+    # per task) and a lost one costs little; few enough that a block's bookkeeping stays small against its images.
+    per_block = batch_size * max(1, math.ceil(len(files) / (4 * workers * batch_size)))
+    blocks = [files.slice(start, per_block) for start in range(0, len(files), per_block)]
+    dataset = ray.data.from_arrow(blocks).map_batches(
+        read_files, fn_kwargs={"root": str(root), "input_size": tuple(info.input_size)}, batch_size=batch_size,
+        batch_format="numpy", num_cpus=READ_CPUS,
+    ).map_batches(
+        _Embed, fn_constructor_kwargs={"info": info.to_dict(), "journal_dir": str(journal_dir)},
+        batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=workers),
+        num_cpus=1 - READ_CPUS,  # an actor that dies is restarted and its batch retried: Ray Data's defaults
+    )
+    return int(sum(batch["journaled"].sum() for batch in dataset.iter_batches(batch_format="numpy")))
+
+
+#: The share of a CPU Ray reserves for a reading task, and leaves a model actor the rest of: on a node of one CPU,
+#: one actor and one reading task fit side by side (Ray counts CPUs logically; TensorFlow uses every core anyway).
+READ_CPUS = 0.25
+
+
+def read_files(batch: dict[str, np.ndarray], root: str, input_size: tuple[int, int]) -> dict[str, np.ndarray]:
+    """A Ray task: read, hash and decode a batch of files (paths under `root`), as a single-machine run does;
+    the files that cannot be read are left out (the driver reads them again, and skips them with the reason)."""
+    numbered = list(enumerate(batch["path"].tolist()))
+    info = EmbedderInfo("reader", "", 0, tuple(input_size))
+    files = [file for read in _read_batches(Path(root), numbered, lambda _: lambda _: True, info, len(numbered) or 1)
+             for file in read.files]
+    width, height = info.input_size
+    return {
+        "path": np.array([numbered[number][1] for number, *_ in files], dtype=object),
+        "size": np.array([stat.st_size for _, _, stat, _, _ in files], np.int64),
+        "mtime_ns": np.array([stat.st_mtime_ns for _, _, stat, _, _ in files], np.int64),
+        "sha256": np.array([digest.hex() for _, digest, _, _, _ in files], dtype=object),
+        "pixels": np.stack([pixels for *_, pixels, _ in files]) if files else np.zeros((0, height, width, 3), np.uint8),
+    }
+
+
+class _Embed:
+    """A Ray Data actor: one model, loaded once; embeds each batch and journals it, returning only a count."""
+
+    def __init__(self, info: dict, journal_dir: str):
+        from .runtimes import embedder_for
+
+        self.info = EmbedderInfo.from_dict(info)
+        self.embedder = embedder_for(self.info, runtime=self.info.runtime, purpose="batch")
+        self.journal_dir = Path(journal_dir)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if len(batch["path"]):
+            vectors = self.embedder.embed(batch["pixels"])
+            files = list(zip(batch["path"].tolist(), batch["size"].tolist(), batch["mtime_ns"].tolist(),
+                             batch["sha256"].tolist()))
+            write_batch(self.journal_dir, self.embedder.info, files, vectors)
+        return {"journaled": np.array([len(batch["path"])], np.int64)}

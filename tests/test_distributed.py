@@ -1,0 +1,140 @@
+"""Extraction as a Ray job, on a real local Ray cluster: a head and two worker nodes, each its own raylet process.
+
+The cluster is started once for the module and shut down after it. Each job embeds a small folder (demo images
+and bad files) with seeded random ResNet50 weights on TensorFlow, and must give what the single-machine pipeline
+gives on the same files: the same paths, ids and skip reasons, and the same vectors.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from imagesearch.collection import load_embeddings, save_embeddings
+from imagesearch.distributed import extract_on_ray, missing, run_job
+from imagesearch.embedders import RandomWeightsWarning
+from imagesearch.extract import extract_embeddings
+from imagesearch.journal import JOURNAL_DIR, Journal
+from imagesearch.plan import list_files, make_plan
+from imagesearch.runtimes import make_embedder
+
+ray = pytest.importorskip("ray", reason="ray[data] is in requirements.txt: `make install` installs it")
+from ray.cluster_utils import Cluster  # noqa: E402
+
+#: Each node's object store: small, as the batches are (decoded pixels pass through it, 150 KB an image).
+STORE_BYTES = 150 * 2**20
+EMBED_ACTOR_TITLE = b"ray::MapWorker(MapBatches(_Embed))"
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A head node that runs nothing (0 CPUs) and two worker nodes of 1 CPU, as separate processes."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 0, "object_store_memory": STORE_BYTES, "include_dashboard": False})
+    workers = [cluster.add_node(num_cpus=1, object_store_memory=STORE_BYTES) for _ in range(2)]
+    ray.init(address=cluster.address, log_to_driver=False, logging_level="warning")
+    yield cluster, workers
+    ray.shutdown()
+    cluster.shutdown()
+
+
+@pytest.fixture(scope="module")
+def embedder():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RandomWeightsWarning)
+        return make_embedder("resnet50", "random", 0, runtime="tensorflow")
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory, repo_root) -> Path:
+    """40 demo images in two folders, a truncated JPEG and a text file named like an image."""
+    root = tmp_path_factory.mktemp("ray-images")
+    demo = sorted((repo_root / "images").rglob("*.jpg"))[::5][:40]
+    for number, path in enumerate(demo):
+        target = root / ("a" if number % 2 else "b") / f"{number:02d}_{path.name}"  # Caltech names repeat
+        target.parent.mkdir(exist_ok=True)
+        shutil.copyfile(path, target)
+    (root / "a" / "truncated.jpg").write_bytes(demo[0].read_bytes()[:300])
+    (root / "b" / "notes.jpg").write_text("not an image\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def single(folder, embedder):
+    """The single-machine result on the same files: what every Ray job must equal."""
+    return extract_embeddings(folder, embedder, batch_size=8, progress=False)
+
+
+def assert_same(result, single):
+    assert result.paths == single.paths
+    assert np.array_equal(result.ids, single.ids)
+    reasons = [(skip.path, skip.reason) for skip in single.skipped]
+    assert [(skip.path, skip.reason) for skip in result.skipped] == reasons
+    np.testing.assert_allclose(result.vectors, single.vectors, rtol=1e-5, atol=1e-5)
+
+
+def test_a_ray_job_gives_the_single_machine_result_and_commits_it_once(cluster, embedder, folder, single, tmp_path):
+    result = extract_on_ray(folder, embedder, tmp_path, batch_size=8, workers=2, progress=False)
+    assert len(single.paths) == 40 and {skip.path for skip in single.skipped} == {"a/truncated.jpg", "b/notes.jpg"}
+    assert_same(result, single)
+    assert result.changes.resumed == 0 and result.changes.embedded == 40
+    assert not (tmp_path / "manifest.json").exists(), "nothing is committed before the save"
+    save_embeddings(result, tmp_path)
+    assert_same(load_embeddings(tmp_path), single)
+    assert not (tmp_path / JOURNAL_DIR).exists(), "the commit deletes the job's journal"
+
+
+def test_an_interrupted_job_resumes_with_only_the_missing_files(cluster, embedder, folder, single, tmp_path):
+    plan = make_plan(list_files(folder))
+    first = missing(plan, Journal(tmp_path / JOURNAL_DIR, embedder.info)).slice(0, 16)  # as if stopped after these
+    assert run_job(folder, first, embedder.info, tmp_path / JOURNAL_DIR, 8, 2, progress=False) == 16
+    result = extract_on_ray(folder, embedder, tmp_path, batch_size=8, workers=2, progress=False)
+    assert result.changes.resumed == 16 and result.changes.embedded == 40 - 16
+    assert_same(result, single)
+
+
+def embedding_actor_pids() -> list[int]:
+    """The processes of the embedding actors, by the title Ray gives them ("ray::MapWorker(MapBatches(_Embed))",
+    with ".submit" while a batch runs), busy ones first."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            title = (entry / "cmdline").read_bytes() if entry.name.isdigit() else b""
+        except OSError:
+            continue
+        if title.startswith(EMBED_ACTOR_TITLE):
+            found.append((b".submit" not in title, int(entry.name)))
+    return [pid for _, pid in sorted(found)]
+
+
+def test_an_embedding_worker_killed_mid_job_still_gives_every_image_once(cluster, embedder, folder, single, tmp_path):
+    killed: list[int] = []
+
+    def kill_one_embedding_actor_after_the_first_batch():
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not killed:
+            if list((tmp_path / JOURNAL_DIR).glob("batch.*.npz")) and (pids := embedding_actor_pids()):
+                os.kill(pids[0], signal.SIGKILL)
+                killed.append(pids[0])
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_one_embedding_actor_after_the_first_batch, daemon=True)
+    killer.start()
+    result = extract_on_ray(folder, embedder, tmp_path, batch_size=4, workers=2, progress=False)
+    killer.join(timeout=5)
+    assert killed, "no embedding actor was killed: the job ended before one was seen"
+    assert_same(result, single)
+    assert result.changes.embedded == 40 and result.changes.resumed == 0
+    journaled = sum(len(np.load(path)["vectors"]) for path in (tmp_path / JOURNAL_DIR).glob("batch.*.npz"))
+    print(f"killed actor {killed[0]}; {journaled} vectors journaled for 40 images")
+    assert journaled >= 40  # a batch the killed actor journaled but never reported is journaled again: one wins
+    assert len(result.paths) == len(set(result.paths)) == 40
