@@ -47,8 +47,8 @@ def extract_on_ray(
     `embedder` is the driver's: it names the model (the workers build the same, on its runtime) and embeds
     nothing unless a file the workers could not read can be read by the driver. The result is what
     `extract_embeddings(image_root, embedder, previous=previous, checkpoint_dir=embeddings_dir)` returns, to be
-    committed with `save_embeddings(result, embeddings_dir)`. Ray must be initialised (`ray.init`, with
-    `address=` for a cluster), or is started locally.
+    committed with `save_embeddings(result, embeddings_dir)`. Ray is started here (on the cluster $RAY_ADDRESS
+    names, else locally) unless it already runs; started elsewhere, it needs `runtime_env=runtime_env()`.
     """
     plan = make_plan(list_files(image_root), previous)
     folder = Path(embeddings_dir)
@@ -79,8 +79,8 @@ def run_job(root: Path, files: pa.Table, info: EmbedderInfo, journal_dir: Path, 
     import ray
 
     if not ray.is_initialized():
-        ray.init(address=os.environ.get(ADDRESS_ENV), include_dashboard=False, log_to_driver=False,
-                 logging_level="warning")
+        ray.init(address=os.environ.get(ADDRESS_ENV), runtime_env=runtime_env(), include_dashboard=False,
+                 log_to_driver=False, logging_level="warning")
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = progress
     # Blocks of whole batches, at least four per model actor, so that every actor has work (Ray Data runs a block
@@ -96,6 +96,16 @@ def run_job(root: Path, files: pa.Table, info: EmbedderInfo, journal_dir: Path, 
         num_cpus=1 - READ_CPUS,  # an actor that dies is restarted and its batch retried: Ray Data's defaults
     )
     return int(sum(batch["journaled"].sum() for batch in dataset.iter_batches(batch_format="numpy")))
+
+
+def runtime_env() -> dict:
+    """Ray's runtime environment for a job that runs this package: the package itself, shipped to every worker.
+
+    Pass it to `ray.init(runtime_env=...)` when you start Ray yourself: workers do not see the driver's
+    `sys.path`, so a driver that found the package by path (a notebook's `sys.path.insert`) would leave them
+    without it. Ray copies code only: TensorFlow and the other requirements must be installed on every node.
+    """
+    return {"py_modules": [str(Path(__file__).resolve().parent)]}
 
 
 #: The share of a CPU Ray reserves for a reading task, and leaves a model actor the rest of: on a node of one CPU,

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from imagesearch.collection import load_embeddings, save_embeddings
-from imagesearch.distributed import extract_on_ray, missing, run_job
+from imagesearch.distributed import extract_on_ray, missing, run_job, runtime_env
 from imagesearch.embedders import RandomWeightsWarning
 from imagesearch.extract import extract_embeddings
 from imagesearch.journal import JOURNAL_DIR, Journal
@@ -35,16 +35,26 @@ EMBED_ACTOR_TITLE = b"ray::MapWorker(MapBatches(_Embed))"
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    """A head node that runs nothing (0 CPUs) and two worker nodes of 1 CPU, as separate processes."""
+def cluster(tmp_path_factory):
+    """A head node that runs nothing (0 CPUs) and two worker nodes of 1 CPU, as separate processes.
+
+    Started from a folder where `imagesearch` cannot be imported, as a node of a real cluster would be: the
+    workers get the package only through the runtime environment, as users are told to pass it.
+    """
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    started_in = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("ray-cwd"))
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 0, "object_store_memory": STORE_BYTES, "include_dashboard": False})
     workers = [cluster.add_node(num_cpus=1, object_store_memory=STORE_BYTES) for _ in range(2)]
-    ray.init(address=cluster.address, log_to_driver=False, logging_level="warning")
-    yield cluster, workers
-    ray.shutdown()
-    cluster.shutdown()
+    # As a user who starts Ray: the package shipped to the workers, which do not see this process's sys.path
+    ray.init(address=cluster.address, runtime_env=runtime_env(), log_to_driver=False, logging_level="warning")
+    try:
+        yield cluster, workers
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+        os.chdir(started_in)
 
 
 @pytest.fixture(scope="module")
