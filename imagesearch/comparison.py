@@ -20,11 +20,11 @@ import numpy as np
 
 from .backbones import TFLITE
 from .collection import Embeddings
-from .evaluate import COMPARED, KS, neighbour_rows
+from .evaluate import COMPARED, KS, scored_neighbours
 from .extract import extract_embeddings
 from .index import build_index
 from .labels import Labels, labels_of
-from .metrics import Scores, average_precision_at_k, precision_at_k, score
+from .metrics import Scores, average_precision_at_k, precision_at_k
 from .retrieval import DEFAULT_RETRIEVAL, Retrieval
 from .runtimes import make_embedder
 
@@ -136,9 +136,8 @@ class Comparison:
 
     def result(self, backbone: str, configuration: str | Retrieval) -> Result:
         configuration = str(Retrieval.parse(configuration))
-        for result in self.results:
-            if (result.backbone, result.configuration) == (backbone, configuration):
-                return result
+        if (result := self._find(backbone, configuration)) is not None:
+            return result
         raise KeyError(f"no result for {backbone} with {configuration}: compared "
                        f"{sorted({(r.backbone, r.configuration) for r in self.results})}")
 
@@ -300,9 +299,8 @@ def compare(embedded: Sequence[Embedded], labels: str | Labels = "auto",
     for run in embedded:
         for configuration in configurations:
             configuration = Retrieval.parse(configuration)
-            index = build_index(run.embeddings, "Flat", retrieval=configuration)
-            neighbours = neighbour_rows(index, max(ks))
-            scores = score(neighbours, labels.codes, labels.codes, ks=ks, label_names=labels.classes)
+            scores, neighbours = scored_neighbours(build_index(run.embeddings, "Flat", retrieval=configuration),
+                                                   labels, ks)
             results.append(Result(run.candidate.name, str(configuration), scores, neighbours))
     return Comparison({run.candidate.name: run for run in embedded}, labels, results, ks, k)
 

@@ -49,8 +49,14 @@ def score_index(search_index: SearchIndex, labels: str | Labels = "auto", ks: Se
     file of path,label, or `Labels` already read)."""
     if not isinstance(labels, Labels):
         labels = labels_of(search_index.paths, labels, root=root or search_index.image_root)
+    return scored_neighbours(search_index, labels, ks)[0]
+
+
+def scored_neighbours(search_index: SearchIndex, labels: Labels, ks: Sequence[int] = KS) -> tuple[Scores, np.ndarray]:
+    """What `score_index` computes, with the neighbour rows it scored: `(n, max(ks))` rows of each image's
+    nearest others (for a look at the queries that failed)."""
     neighbours = neighbour_rows(search_index, max(ks))
-    return score(neighbours, labels.codes, labels.codes, ks=ks, label_names=labels.classes)
+    return score(neighbours, labels.codes, labels.codes, ks=ks, label_names=labels.classes), neighbours
 
 
 def compare_configurations(
