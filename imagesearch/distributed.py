@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -117,10 +118,9 @@ def read_files(batch: dict[str, np.ndarray], root: str, input_size: tuple[int, i
     """A Ray task: read, hash and decode a batch of files (paths under `root`), as a single-machine run does;
     the files that cannot be read are left out (the driver reads them again, and skips them with the reason)."""
     numbered = list(enumerate(batch["path"].tolist()))
-    info = EmbedderInfo("reader", "", 0, tuple(input_size))
-    files = [file for read in _read_batches(Path(root), numbered, lambda _: lambda _: True, info, len(numbered) or 1)
+    files = [file for read in _read_batches(Path(root), numbered, _decode_all, tuple(input_size), len(numbered) or 1)
              for file in read.files]
-    width, height = info.input_size
+    width, height = input_size
     return {
         "path": np.array([numbered[number][1] for number, *_ in files], dtype=object),
         "size": np.array([stat.st_size for _, _, stat, _, _ in files], np.int64),
@@ -128,6 +128,11 @@ def read_files(batch: dict[str, np.ndarray], root: str, input_size: tuple[int, i
         "sha256": np.array([digest.hex() for _, digest, _, _, _ in files], dtype=object),
         "pixels": np.stack([pixels for *_, pixels, _ in files]) if files else np.zeros((0, height, width, 3), np.uint8),
     }
+
+
+def _decode_all(number: int) -> Callable[[bytes], bool]:
+    """Every file is decoded on a worker, whatever its content: which vectors to keep, the driver decides."""
+    return lambda digest: True
 
 
 class _Embed:

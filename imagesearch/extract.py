@@ -34,7 +34,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .collection import Changes, Embeddings
-from .embedders import Embedder, EmbedderInfo
+from .embedders import Embedder
 from .images import NOT_A_REGULAR_FILE, ImageLoadError, load_image, unreadable_reason
 from .journal import JOURNAL_DIR, Journal
 from .plan import Plan, list_files, make_plan
@@ -189,9 +189,9 @@ class _Run:
             print(f"Nothing new to embed: {len(self.plan.keep)} images unchanged since the last run{resumed_note}.")
         bar = tqdm(total=len(to_read), unit="img", desc="Embedding", disable=not progress or not to_read)
         files = [(number, self.path(number)) for number in to_read]
-        root, info = self.plan.listing.root, self.embedder.info
+        root, size = self.plan.listing.root, self.embedder.info.input_size
         with bar:
-            for batch in _prefetched(_read_batches(root, files, self.decode_needed(), info, batch_size), depth=2):
+            for batch in _prefetched(_read_batches(root, files, self.decode_needed(), size, batch_size), depth=2):
                 self.skipped.extend(self._skip(number, skip) for number, skip in batch.skipped)
                 to_embed = []
                 for number, digest, stat, pixels, notes in batch.files:
@@ -308,7 +308,7 @@ def _read_batches(
     root: Path,
     paths: Sequence[tuple[int, str]],
     decode_needed: Callable[[int], Callable[[bytes], bool]],
-    info: EmbedderInfo,
+    input_size: tuple[int, int],
     batch_size: int,
 ) -> Iterator[_Batch]:
     """Read and hash the numbered files `paths`, and decode those `decode_needed(number)(sha256)` says to;
@@ -322,7 +322,7 @@ def _read_batches(
     for number, path in paths:
         notes: list[str] = []
         try:
-            stat, digest, pixels = _read_image(root / path, info.input_size, decode_needed(number), notes)
+            stat, digest, pixels = _read_image(root / path, input_size, decode_needed(number), notes)
         except ImageLoadError as error:
             batch.skipped.append((number, Skipped(path, error.reason)))
             continue

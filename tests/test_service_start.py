@@ -16,13 +16,13 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from browser_lab import free_port
 from test_service import TOKEN, Server, noise_png, upload
 
 import imagesearch.service as service_module
@@ -147,12 +147,6 @@ def files_of(folder: Path) -> dict[str, tuple[str, int]]:
     return {path.relative_to(folder).as_posix(): (hashlib.sha256(path.read_bytes()).hexdigest(),
                                                   path.stat().st_mtime_ns)
             for path in sorted(folder.rglob("*")) if path.is_file()}
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.mark.parametrize(("damage", "problem"), [
