@@ -284,6 +284,76 @@ def add(index: faiss.Index, store: VectorStore, ids: np.ndarray, metric: Metric,
         index.add_with_ids(prepared(vectors, metric), ids[start : start + len(vectors)])
 
 
+def mergeable(index: faiss.Index) -> bool:
+    """Whether copies of `index` that vectors were added to separately can be merged into it (`merge_into`): IVF
+    indexes, which share the trained quantizer; not HNSW, whose graph links every vector, nor flat ones."""
+    return ivf_of(index) is not None
+
+
+def merge_into(index: faiss.Index, part: faiss.Index) -> None:
+    """Move the vectors of `part` into `index`: `part` is a copy of `index` as it was trained, empty, that vectors
+    were then added to (by another process, on another machine). Each inverted list of `part` is appended to
+    `index`'s, so merging the parts of a collection in order gives the lists one add of it all gives.
+
+    FAISS merges IVF indexes (`merge_from`), but its fast-scan lists (`BlockInvertedLists`, FAISS 1.15) need two
+    repairs, made here: appended to a list that holds a multiple of a block's size in bytes, `add_entries` writes
+    past the end of the list (heap corruption); and it leaves the new blocks' free slots uncleared, where a later
+    add ORs its codes into whatever they held.
+    """
+    ivf, other = ivf_of(index), ivf_of(part)
+    if ivf is None or other is None:
+        raise ValueError("only IVF indexes can be merged")
+    ivf, other = faiss.downcast_index(ivf), faiss.downcast_index(other)
+    if (ivf.nlist, ivf.code_size, type(ivf)) != (other.nlist, other.code_size, type(other)) or not np.array_equal(
+        ivf.quantizer.reconstruct_n(0, ivf.nlist), other.quantizer.reconstruct_n(0, other.nlist)
+    ):
+        raise ValueError("the part was not trained with this index's coarse quantizer: it cannot be merged")
+    lists = faiss.downcast_InvertedLists(ivf.invlists)
+    if isinstance(lists, faiss.BlockInvertedLists):
+        _append_blocks(lists, faiss.downcast_InvertedLists(other.invlists), ivf.get_CodePacker())
+        ivf.ntotal += other.ntotal
+    else:
+        ivf.merge_from(other, 0)
+    index.ntotal = ivf.ntotal  # an IndexPreTransform in front counts the vectors too
+
+
+def _append_blocks(lists: faiss.BlockInvertedLists, other: faiss.BlockInvertedLists, packer: faiss.CodePacker
+                   ) -> None:
+    per_block, block_bytes = lists.n_per_block, lists.block_size
+    keep = _slot_masks(packer, per_block, block_bytes)
+    for number in range(lists.nlist):
+        count, held = other.list_size(number), lists.list_size(number)
+        if count == 0:
+            continue
+        if held % per_block:  # a partial last block: FAISS repacks the codes one by one into it, correctly
+            lists.add_entries(number, count, other.get_ids(number), other.get_codes(number))
+        else:  # whole blocks on both sides: the codes are copied as they are
+            lists.resize(number, held + count)
+            ids = faiss.rev_swig_ptr(lists.get_ids(number), held + count)
+            ids[held:] = faiss.rev_swig_ptr(other.get_ids(number), count)
+            start, size = held // per_block * block_bytes, -(-count // per_block) * block_bytes
+            codes = faiss.rev_swig_ptr(lists.get_codes(number), start + size)
+            codes[start:] = faiss.rev_swig_ptr(other.get_codes(number), size)
+        # FAISS' add ORs codes into the free slots of a list's last block, which must hold zeros: add_entries
+        # leaves there whatever the memory held (its new blocks are not cleared).
+        total = held + count
+        if total % per_block:
+            last = total // per_block * block_bytes
+            codes = faiss.rev_swig_ptr(lists.get_codes(number), last + block_bytes)
+            codes[last:] &= keep[total % per_block]
+
+
+def _slot_masks(packer: faiss.CodePacker, per_block: int, block_bytes: int) -> np.ndarray:
+    """keep[s]: the bits of a block that its first s slots' codes occupy (a fast-scan block interleaves them)."""
+    keep = np.zeros((per_block + 1, block_bytes), np.uint8)
+    ones = np.full(packer.code_size, 0xFF, np.uint8)
+    for slot in range(per_block):
+        block = np.zeros((1, block_bytes), np.uint8)
+        packer.pack_1(ones, slot, block)
+        keep[slot + 1] = keep[slot] | block[0]
+    return keep
+
+
 def remove(index: faiss.Index, ids: np.ndarray) -> int:
     """Remove the vectors stored under `ids`; return how many were.
 
