@@ -33,6 +33,7 @@ import os
 import secrets
 import warnings
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -214,7 +215,37 @@ class Embeddings:
 # --- saving: the commit ----------------------------------------------------------------------------
 
 
-def save_embeddings(embeddings: Embeddings, directory: str | os.PathLike) -> Embeddings:
+@dataclass(frozen=True, eq=False)
+class ShardWrite:
+    """One new shard of a save, named before it is written: its vectors, read from wherever they are now (the
+    journal, memory, older shards), and its items (the records, with each one's row in the shard).
+
+    A save's shard writes are independent of one another, and each is whole or absent: they may run anywhere
+    the folder is reachable from, in any order (`distributed.save_on_ray` runs them as Ray tasks), and one run
+    twice writes the same files again. The save commits only after every one has been written.
+    """
+
+    directory: Path
+    vectors: str  # the file names
+    items: str
+    store: VectorStore
+    table: pa.Table  # ITEMS_SCHEMA
+
+    def __call__(self) -> None:
+        with atomic_path(self.directory / self.vectors) as temporary:
+            write_shard(temporary, self.store, np.arange(len(self.store)))
+        with atomic_path(self.directory / self.items) as temporary:
+            pq.write_table(self.table, temporary, compression="zstd")
+
+
+def write_here(writes: Sequence[ShardWrite]) -> None:
+    """Write a save's new shards one after the other, in this process: what `save_embeddings` does by default."""
+    for write in writes:
+        write()
+
+
+def save_embeddings(embeddings: Embeddings, directory: str | os.PathLike,
+                    write_shards: Callable[[Sequence[ShardWrite]], None] = write_here) -> Embeddings:
     """Save `embeddings` to `directory` so that a crash at any point leaves the previous save whole.
 
     Writes only what changed since the commit the embeddings derive from:
@@ -225,13 +256,15 @@ def save_embeddings(embeddings: Embeddings, directory: str | os.PathLike) -> Emb
     Shards mostly of dead rows, and many small ones, are rewritten on the way
     (compaction). Returns the saved embeddings, which read their vectors from
     the saved shards. One process at a time saves into a folder; another
-    raises `FolderBusyError`.
+    raises `FolderBusyError`. `write_shards` writes the new shards (`ShardWrite`s), all of them before it returns:
+    by default here, one after the other; `distributed.save_on_ray` passes one that writes them on a Ray cluster.
     """
     with exclusive(directory):
-        return _save_embeddings(embeddings, Path(directory))
+        return _save_embeddings(embeddings, Path(directory), write_shards)
 
 
-def _save_embeddings(embeddings: Embeddings, directory: Path) -> Embeddings:
+def _save_embeddings(embeddings: Embeddings, directory: Path,
+                     write_shards: Callable[[Sequence[ShardWrite]], None] = write_here) -> Embeddings:
     if len(embeddings.lost):  # saving these would drop the lost images from the collection, and their ids with them
         raise ArtifactError(
             f"these embeddings lack the vectors of {len(embeddings.lost)} images, lost with a damaged file; pass "
@@ -256,14 +289,15 @@ def _save_embeddings(embeddings: Embeddings, directory: Path) -> Embeddings:
                                rows, len(mine))
         entries.append(entry)
     to_write = np.flatnonzero(shard_of_row < 0)
+    writes = []
     for start in range(0, len(to_write), SHARD_ROWS):
         rows = to_write[start : start + SHARD_ROWS]
-        vectors_name = fresh_name(SHARD_STEM, SHARD_SUFFIX)
-        with atomic_path(directory / vectors_name) as temporary:
-            write_shard(temporary, store, rows)
+        write = ShardWrite(directory, fresh_name(SHARD_STEM, SHARD_SUFFIX), fresh_name(ITEMS_STEM, PARQUET_SUFFIX),
+                           store.subset(rows), _items_table(records, rows, np.arange(len(rows))))
         shard_of_row[rows], row_in_shard[rows] = len(entries), np.arange(len(rows))
-        items_name = _write_items(directory, records, rows, np.arange(len(rows)))
-        entries.append(ShardEntry(vectors_name, items_name, len(rows), len(rows)))
+        entries.append(ShardEntry(write.vectors, write.items, len(rows), len(rows)))
+        writes.append(write)
+    write_shards(writes)
 
     skipped = list(embeddings.skipped)
     if base and base.skipped_file and tuple(skipped) == base.skipped:
@@ -338,12 +372,16 @@ def _base_commit(embeddings: Embeddings, directory: Path) -> Commit | None:
     return base
 
 
+def _items_table(records: Records, rows: np.ndarray, vector_rows: np.ndarray) -> pa.Table:
+    """The records of `rows`, with the row of each one's vector in its shard: an items file's table."""
+    return records.take(rows).table.append_column(ITEMS_SCHEMA.field("row"), pa.array(vector_rows, pa.int32()))
+
+
 def _write_items(directory: Path, records: Records, rows: np.ndarray, vector_rows: np.ndarray) -> str:
     """Write the records of `rows`, with the row of each one's vector in its shard; return the file's name."""
-    table = records.take(rows).table.append_column(ITEMS_SCHEMA.field("row"), pa.array(vector_rows, pa.int32()))
     name = fresh_name(ITEMS_STEM, PARQUET_SUFFIX)
     with atomic_path(directory / name) as temporary:
-        pq.write_table(table, temporary, compression="zstd")
+        pq.write_table(_items_table(records, rows, vector_rows), temporary, compression="zstd")
     return name
 
 
