@@ -66,15 +66,16 @@ def extract(args: argparse.Namespace) -> int:
     print(f"Embedding {args.images} with {embedder.info}")
     folder = embeddings_dir(args.artifacts)
     previous = load_previous_embeddings(folder)
-    if args.ray is not None:  # the same plan, journal and commit; the reading and the model on a Ray cluster
-        from .distributed import extract_on_ray
+    if args.ray is not None:  # the same plan, journal and commit; the reading, the model and the shards on Ray
+        from .distributed import extract_on_ray, save_on_ray
 
         print(f"  on Ray ({os.environ.get('RAY_ADDRESS') or 'a local instance'}), {args.ray} embedding workers")
         embeddings = extract_on_ray(args.images, embedder, folder, previous, args.batch_size, workers=args.ray)
+        embeddings = save_on_ray(embeddings, folder)
     else:
         embeddings = extract_embeddings(args.images, embedder, args.batch_size, previous=previous,
                                         checkpoint_dir=folder)
-    embeddings = save_embeddings(embeddings, folder)
+        embeddings = save_embeddings(embeddings, folder)
     changes = embeddings.changes
     print(f"{embeddings.summary()}\n  this run: {changes.summary()}\n  {changes.ignored_summary()}")
     if previous is not None and previous.saved is not None and previous.saved.collection is None:
@@ -105,9 +106,14 @@ def _update_index(args: argparse.Namespace) -> SearchIndex:
         retrieval = args.retrieval
         if retrieval is None and args.metric is None and previous is not None:
             retrieval = previous.retrieval  # an index keeps how it compares vectors until told otherwise
+        extra = {}
+        if args.ray is not None:  # the vectors added on Ray, a part per task, and the parts merged here
+            from .distributed import add_on_ray
+
+            extra["add_vectors"] = add_on_ray
         search_index = build_index(
             embeddings, args.factory, previous=previous, retrieval=retrieval, metric=args.metric, params=args.params,
-            target_recall=args.target_recall, memory_budget=args.memory_budget, progress=True,
+            target_recall=args.target_recall, memory_budget=args.memory_budget, progress=True, **extra,
         )
     save_index(search_index, index_dir(args.artifacts))
     print(f"Index {search_index.factory} ({search_index.retrieval}) of {len(search_index)} vectors, "
@@ -235,10 +241,12 @@ def parser() -> argparse.ArgumentParser:
         command.add_argument(
             "--batch-size", type=int, default=32, help="images per model call (default: %(default)s)"
         )
+    for command in (build_command, extract_command, index_command):
         command.add_argument(
             "--ray", type=int, nargs="?", const=1, default=None, metavar="WORKERS",
-            help="read and embed as a Ray job with WORKERS model actors (default 1): on the cluster $RAY_ADDRESS "
-            "names, else a local Ray; the embeddings folder must be one every node can read and write")
+            help="run on Ray, the cluster $RAY_ADDRESS names, else a local one: the images read and embedded by "
+            "WORKERS model actors (default 1) and the shards written by Ray tasks; an IVF index's vectors added by "
+            "Ray tasks and merged. The artifacts folder must be one every node reads and writes at the same path")
     for command in (build_command, index_command):
         command.add_argument(
             "--factory", default="auto",

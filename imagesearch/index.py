@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from collections.abc import Callable
 
 import numpy as np
 
@@ -64,6 +65,7 @@ def build_index(
     target_recall: float = tuning.DEFAULT_TARGET_RECALL,
     memory_budget: int | str = tuning.DEFAULT_MEMORY_BUDGET,
     progress: bool = False,
+    add_vectors: Callable[..., None] = ann.add,
 ) -> SearchIndex:
     """Index `embeddings` with a FAISS index made from a factory string, or "auto" (see `tuning.choose`).
 
@@ -86,6 +88,10 @@ def build_index(
     metric and nothing else. Whitening is fitted on the collection when the
     index is built from scratch and kept through updates in place; the
     augmentation is kept current by updates (`_augment_update`).
+
+    `add_vectors` adds the collection's vectors to the trained index, as `ann.add` does, here; pass
+    `distributed.add_on_ray` to add them in parallel on a Ray cluster (each part to a copy of the trained index,
+    the copies merged), for the same index.
     """
     config = configuration(retrieval, metric)
     metric = config.metric
@@ -132,7 +138,7 @@ def build_index(
     store, ids = embeddings.store, embeddings.ids
     outside = tuning.query_rows(count, trained)
     inside = np.setdiff1d(np.arange(count), outside, assume_unique=True)
-    ann.add(index, store.subset(inside), ids[inside], metric, progress)
+    add_vectors(index, store.subset(inside), ids[inside], metric, progress)
     changes = IndexChanges(added=count, removed=len(previous) if previous else 0, rebuilt=True)
     search_index = SearchIndex(index, changes=changes, whitening=whitening, **kind)
     if not structure.exact:

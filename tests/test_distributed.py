@@ -7,6 +7,7 @@ gives on the same files: the same paths, ids and skip reasons, and the same vect
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import signal
@@ -18,13 +19,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from imagesearch.collection import load_embeddings, save_embeddings
-from imagesearch.distributed import extract_on_ray, missing, run_job, runtime_env
-from imagesearch.embedders import RandomWeightsWarning
+from imagesearch import distributed
+from imagesearch.collection import Embeddings, load_embeddings, save_embeddings
+from imagesearch.distributed import add_on_ray, extract_on_ray, missing, run_job, runtime_env, save_on_ray
+from imagesearch.embedders import EmbedderInfo, RandomWeightsWarning
 from imagesearch.extract import extract_embeddings
+from imagesearch.index import build_index
 from imagesearch.journal import JOURNAL_DIR, Journal
 from imagesearch.plan import list_files, make_plan
+from imagesearch.records import ImageRecord
 from imagesearch.runtimes import make_embedder
+from imagesearch.storage import ArtifactError
 
 ray = pytest.importorskip("ray", reason="ray[data] is in requirements.txt: `make install` installs it")
 from ray.cluster_utils import Cluster  # noqa: E402
@@ -98,15 +103,28 @@ def test_a_ray_job_gives_the_single_machine_result_and_commits_it_once(cluster, 
     assert_same(result, single)
     assert result.changes.resumed == 0 and result.changes.embedded == 40
     assert not (tmp_path / "manifest.json").exists(), "nothing is committed before the save"
-    save_embeddings(result, tmp_path)
+    saved = save_on_ray(result, tmp_path)
     assert_same(load_embeddings(tmp_path), single)
     assert not (tmp_path / JOURNAL_DIR).exists(), "the commit deletes the job's journal"
+    assert {path.name for path in tmp_path.glob("vectors.*.npy")} == {entry.vectors for entry in saved.saved.shards}
+
+
+def test_shards_the_workers_wrote_are_committed_only_if_this_machine_sees_them(cluster, embedder, folder, tmp_path,
+                                                                                monkeypatch):
+    """On storage the nodes do not share, each worker writes to its own disk: the driver must refuse to commit."""
+    result = extract_embeddings(folder, embedder, batch_size=8, progress=False, checkpoint_dir=tmp_path)
+    monkeypatch.setattr(distributed, "_write_shard", lambda write: None)  # as if written to another node's disk
+    with pytest.raises(ArtifactError, match=r"^2 of the 2 files Ray workers wrote are not seen here, e\.g\. "
+                                            r".*/vectors\.\w+\.npy: .* must be on storage every node shares"):
+        save_on_ray(result, tmp_path)
+    assert not (tmp_path / "manifest.json").exists()
 
 
 def test_an_interrupted_job_resumes_with_only_the_missing_files(cluster, embedder, folder, single, tmp_path):
     plan = make_plan(list_files(folder))
     first = missing(plan, Journal(tmp_path / JOURNAL_DIR, embedder.info)).slice(0, 16)  # as if stopped after these
-    assert run_job(folder, first, embedder.info, tmp_path / JOURNAL_DIR, 8, 2, progress=False) == 16
+    written = run_job(folder, first, embedder.info, tmp_path / JOURNAL_DIR, 8, 2, progress=False)
+    assert sum(len(np.load(path)["vectors"]) for path in written) == 16
     result = extract_on_ray(folder, embedder, tmp_path, batch_size=8, workers=2, progress=False)
     assert result.changes.resumed == 16 and result.changes.embedded == 40 - 16
     assert_same(result, single)
@@ -148,3 +166,26 @@ def test_an_embedding_worker_killed_mid_job_still_gives_every_image_once(cluster
     print(f"killed actor {killed[0]}; {journaled} vectors journaled for 40 images")
     assert journaled >= 40  # a batch the killed actor journaled but never reported is journaled again: one wins
     assert len(result.paths) == len(set(result.paths)) == 40
+
+
+@pytest.mark.parametrize("factory", ["IVF16,Flat", "PCAR64,IVF16,PQ16x4fs"])
+def test_an_index_built_from_the_shards_on_ray_answers_as_one_built_here(cluster, factory, tmp_path, monkeypatch):
+    """5,000 saved vectors (a shard of 4,096 and one of 904), added in parts of 1,024 by Ray tasks to copies of
+    the trained index and merged, then augmented (the default retrieval's DBA) and searched with query
+    expansion: the same neighbours, at the same distances, as the index built here."""
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((40, 128)).astype(np.float32)
+    vectors = centres[rng.integers(0, 40, 5000)] + 0.3 * rng.standard_normal((5000, 128)).astype(np.float32)
+    records = [ImageRecord(number, f"{number:05d}.jpg", 1, 1, f"{number:064x}") for number in range(5000)]
+    embeddings = Embeddings(vectors, records, EmbedderInfo("test", "none", 128, (224, 224)), "images")
+    monkeypatch.setattr("imagesearch.collection.SHARD_ROWS", 4096)
+    saved = save_embeddings(embeddings, tmp_path)
+    assert [entry.rows for entry in saved.saved.shards] == [4096, 904]
+    here = build_index(saved, factory, params="nprobe=4" if "IVF" in factory else None)
+    on_ray = build_index(saved, factory, params="nprobe=4" if "IVF" in factory else None,
+                         add_vectors=functools.partial(add_on_ray, rows_per_part=1024))
+    assert len(on_ray) == len(here) == 5000
+    queries = vectors[::7]
+    expected, found = here.search_ids(queries, 10), on_ray.search_ids(queries, 10)
+    np.testing.assert_array_equal(found[1], expected[1])
+    np.testing.assert_array_equal(found[0], expected[0])
