@@ -100,6 +100,8 @@ def save_on_ray(embeddings: Embeddings, embeddings_dir: str | os.PathLike) -> Em
 
 
 def _write_on_ray(writes: Sequence[ShardWrite]) -> None:
+    if not writes:  # nothing new: no Ray needed
+        return
     import ray
 
     start_ray()
