@@ -81,6 +81,7 @@ figure: install  ## redraw the README's picture with the shared pretrained Mobil
 
 benchmarks: install  ## every benchmark at the sizes the README quotes (about 2 hours: the 1M index benchmark is most)
 	$(BIN)/python benchmarks/extraction.py --count 448 --batch-size 32
+	$(BIN)/python benchmarks/ray_extraction.py --count 448 --batch-size 32
 	$(BIN)/python benchmarks/backbones.py --count 208 --repeats 3
 	$(BIN)/python benchmarks/incremental.py --count 10000
 	$(BIN)/python benchmarks/memory.py --counts 2000 20000

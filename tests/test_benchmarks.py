@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from imagesearch.runtimes import RUNTIMES, unavailable
 
 from benchmark_runs import run_benchmark, table_cells
@@ -111,4 +113,25 @@ def test_backbones_smoke_run_measures_each_backbone_in_a_table_and_ends_with_a_s
     assert any("not meaningful" in line for line in lines[:-1])
     assert re.match(rf"summary: end-to-end images/s against resnet50's {NUMBER}: efficientnetv2b0 {NUMBER}x; ",
                     lines[-1])
+    assert not any(line.startswith("summary: ") for line in lines[:-1])
+
+
+def test_ray_extraction_smoke_run_times_single_machine_and_ray_and_ends_with_a_summary(repo_root):
+    pytest.importorskip("ray", reason="ray[data] is in requirements.txt: `make install` installs it")
+    lines = run_benchmark(repo_root, "ray_extraction.py", "--smoke")
+    for mode in ("single machine", "Ray, 1 worker", "Ray, 2 workers"):
+        cells = table_cells(lines, re.escape(mode))
+        assert len(cells) == 9 and cells[1] == "24", cells
+        assert all(re.fullmatch(NUMBER, cell) for cell in cells[2:4]) and re.fullmatch(rf"{NUMBER}x", cells[4]), cells
+    assert table_cells(lines, "single machine")[4] == "1.00x"
+    checks = [line for line in lines if line.startswith("check: ")]
+    assert [check.split(" equals ")[0] for check in checks] == ["check: Ray, 1 worker", "check: Ray, 2 workers"]
+    assert all("the single-machine result of the same 24 files" in check for check in checks), checks
+    target = rf"target: Ray, 1 worker / single machine at 24 images: {NUMBER}x, target >= 0\.8: (met|NOT met)"
+    assert any(re.fullmatch(target, line) for line in lines)
+    assert any(line.startswith("projection (on paper): ") for line in lines)
+    assert any(line.startswith("machine: ") for line in lines)
+    assert any("not meaningful" in line for line in lines[:-1])
+    assert re.match(rf"summary: Ray 1 worker {NUMBER} img/s = {NUMBER}x single machine {NUMBER} img/s "
+                    r"\(target >= 0\.8: (met|NOT met)\), 2 workers .*; results equal \(", lines[-1])
     assert not any(line.startswith("summary: ") for line in lines[:-1])
