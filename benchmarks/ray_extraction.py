@@ -9,7 +9,7 @@ FOLDER`), with the same ResNet50 (`--weights`, random by default: speed does not
                      batch journaled as it is embedded), then `save_embeddings(result, out)`;
   Ray, N worker(s)   `extract_on_ray(folder, embedder, out, batch_size=..., workers=N, progress=False)` (reading and
                      decoding as Ray tasks, the model in a pool of N actors, each journaling its batches), then
-                     `save_embeddings(result, out)`; N is 1 and 2;
+                     `save_on_ray(result, out)` (the shards written by Ray tasks); N is 1 and 2;
   ..., small         single machine and Ray with 1 worker on the first `--small-count` (count / 4) of the files:
                      the second size of the fit below.
 
@@ -243,7 +243,7 @@ def _descendants(root: int) -> list[int]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Read the command line."""
     parser = images_benchmark_parser(__doc__.split("\n")[0], "mode", repeats=3, smoke=(SMOKE_COUNT, SMOKE_BATCH))
-    parser.set_defaults(count=448)
+    parser.set_defaults(count=2048)  # a Ray job is for large collections: its per-job start is amortised
     parser.add_argument("--small-count", type=int, help="the fit's second size (default: count / 4)")
     parser.add_argument("--weights", default="random", help="ResNet50 weights: random, imagenet or a weights file")
     parser.add_argument("--runtime", default="tensorflow", choices=CHOICES,
@@ -263,9 +263,10 @@ def extract(mode: Mode, folder: Path, embedder: Embedder, batch_size: int, out: 
     if mode.workers is None:
         result = extract_embeddings(folder, embedder, batch_size, progress=False, checkpoint_dir=out)
     else:
-        from imagesearch.distributed import extract_on_ray
+        from imagesearch.distributed import extract_on_ray, save_on_ray
 
         result = extract_on_ray(folder, embedder, out, batch_size=batch_size, workers=mode.workers, progress=False)
+        return save_on_ray(result, out)
     return save_embeddings(result, out)
 
 
