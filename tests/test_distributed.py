@@ -189,3 +189,17 @@ def test_an_index_built_from_the_shards_on_ray_answers_as_one_built_here(cluster
     expected, found = here.search_ids(queries, 10), on_ray.search_ids(queries, 10)
     np.testing.assert_array_equal(found[1], expected[1])
     np.testing.assert_array_equal(found[0], expected[0])
+
+
+def test_the_command_line_builds_on_ray_what_it_builds_here(cluster, folder, single, tmp_path, monkeypatch, capsys):
+    """`build --ray 2` (on the cluster this process has joined): extraction, commit and index on Ray."""
+    from imagesearch import cli
+
+    monkeypatch.setattr(warnings, "showwarning", warnings.showwarning)  # cli.main replaces it for its own output
+    model = ["--weights", "random", "--runtime", "tensorflow", "--batch-size", "8"]
+    assert cli.main(["build", "--images", str(folder), "--artifacts", str(tmp_path), *model, "--ray", "2"]) == 0
+    output = capsys.readouterr().out
+    assert "on Ray (" in output and "2 embedding workers" in output
+    assert "40 images embedded, 2 skipped" in output
+    assert_same(load_embeddings(tmp_path / "embeddings"), single)
+    assert "Index Flat (recommended) of 40 vectors" in output
