@@ -29,6 +29,7 @@ from imagesearch.display import (
     show_results,
     show_worst_queries,
 )
+from imagesearch.distributed import add_on_ray, extract_on_ray, runtime_env, save_on_ray
 from imagesearch.embedders import (
     Embedder,
     EmbedderInfo,
@@ -177,5 +178,9 @@ __all__ = [
     "self_check",
     "show_images",
     "show_results",
+    "add_on_ray",
+    "extract_on_ray",
+    "runtime_env",
+    "save_on_ray",
     "versions",
 ]
