@@ -161,11 +161,15 @@ def _add_part(template: np.ndarray, store: VectorStore, ids: np.ndarray, metric:
 
 
 def start_ray() -> None:
-    """Join the cluster $RAY_ADDRESS names, else start a local Ray, unless this process is connected already."""
+    """Join the cluster $RAY_ADDRESS names, else start a Ray of this process's own, unless connected already.
+
+    Not Ray's own default, which joins whatever Ray was last started on this machine (by `ray start`, or a test
+    cluster), even one of another user's: set RAY_ADDRESS=auto for that.
+    """
     import ray
 
     if not ray.is_initialized():
-        ray.init(address=os.environ.get(ADDRESS_ENV), runtime_env=runtime_env(), include_dashboard=False,
+        ray.init(address=os.environ.get(ADDRESS_ENV) or "local", runtime_env=runtime_env(), include_dashboard=False,
                  log_to_driver=False, logging_level="warning")
 
 
