@@ -217,7 +217,7 @@ def parser() -> argparse.ArgumentParser:
             "--artifacts", default="artifacts", help="folder of embeddings and index (default: %(default)s)"
         )
     for command in (build_command, query_command, evaluate_command):
-        command.add_argument("-k", type=int, default=5, help="neighbours per query (default: %(default)s)")
+        command.add_argument("-k", type=positive, default=5, help="neighbours per query (default: %(default)s)")
     for command in (build_command, extract_command):
         command.add_argument("--backbone", default=DEFAULT_BACKBONE,
                              help=f"the network that embeds the images: {names()} (default: %(default)s)")
@@ -239,11 +239,11 @@ def parser() -> argparse.ArgumentParser:
     for command in (build_command, extract_command):
         command.add_argument("--images", default="images", help="image folder (default: %(default)s)")
         command.add_argument(
-            "--batch-size", type=int, default=32, help="images per model call (default: %(default)s)"
+            "--batch-size", type=positive, default=32, help="images per model call (default: %(default)s)"
         )
     for command in (build_command, extract_command, index_command):
         command.add_argument(
-            "--ray", type=int, nargs="?", const=1, default=None, metavar="WORKERS",
+            "--ray", type=positive, nargs="?", const=1, default=None, metavar="WORKERS",
             help="run on Ray, the cluster $RAY_ADDRESS names, else a local one: the images read and embedded by "
             "WORKERS model actors (default 1) and the shards written by Ray tasks; an IVF index's vectors added by "
             "Ray tasks and merged. The artifacts folder must be one every node reads and writes at the same path")
@@ -274,6 +274,17 @@ def parser() -> argparse.ArgumentParser:
     )
     query_command.add_argument("image", help="the image file to search with")
     return main_parser
+
+
+def positive(text: str) -> int:
+    """An argument that must be a whole number of at least 1 (a count of neighbours, images or workers)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:

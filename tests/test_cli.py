@@ -134,3 +134,15 @@ def test_artifacts_of_format_3_are_searched_as_they_are_and_converted_by_the_nex
     assert json.loads((old / "embeddings" / "manifest.json").read_text())["format_version"] == 4
     assert "collection" in json.loads((old / "index" / "index.json").read_text())
     assert len(list(old.glob("embeddings/items.*.parquet"))) == 1
+
+
+@pytest.mark.parametrize("arguments", [
+    ["build", "--ray", "0"], ["extract", "--batch-size", "-3"], ["query", "q.jpg", "-k", "x"]])
+def test_counts_below_one_are_refused_with_the_argument_named(arguments, capsys):
+    from imagesearch import cli
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.parser().parse_args(arguments)
+    assert exit_info.value.code == 2
+    assert f"error: argument {arguments[-2]}: expected a whole number of at least 1, got '{arguments[-1]}'" in (
+        capsys.readouterr().err)
