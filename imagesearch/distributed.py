@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -76,9 +77,18 @@ def extract_on_ray(
                               progress)
             check_shared(written, "journaled")
     result = embed(plan, embedder, batch_size, progress=False, checkpoint_dir=folder)
+    if embedded_here := result.changes.embedded:  # files no worker could read, and this process could
+        warnings.warn(SharedStorageWarning(
+            f"{embedded_here} images the Ray workers could not read were read and embedded here, on the driver: "
+            f"{plan.listing.root} must be on storage every node shares at the same path, or the cluster's work "
+            "is done on one machine"), stacklevel=2)
     # The assembly found what the job embedded journaled: only what was journaled before the job counts as resumed.
     result.changes = replace(result.changes, resumed=min(result.changes.resumed, len(plan.read) - len(todo)))
     return result
+
+
+class SharedStorageWarning(UserWarning):
+    """Ray workers could not read files that the driver could: the images are not on storage every node shares."""
 
 
 def missing(plan: Plan, journal: Journal) -> pa.Table:
@@ -188,7 +198,10 @@ def run_job(root: Path, files: pa.Table, info: EmbedderInfo, journal_dir: Path, 
     blocks = [files.slice(start, per_block) for start in range(0, len(files), per_block)]
     dataset = ray.data.from_arrow(blocks).map_batches(
         read_files, fn_kwargs={"root": str(root), "input_size": tuple(info.input_size)}, batch_size=batch_size,
-        batch_format="numpy", num_cpus=READ_CPUS,
+        # One reading task at a time per model actor, as one machine has one reading thread beside its model: more
+        # readers only take the model's cores (on 2 cores, unbounded readers cost 17% more per image, and one 3%
+        # less than one machine: benchmarks/ray_extraction.py).
+        batch_format="numpy", num_cpus=READ_CPUS, compute=ray.data.TaskPoolStrategy(size=workers),
     ).map_batches(
         _Embed, fn_constructor_kwargs={"info": info.to_dict(), "journal_dir": str(journal_dir)},
         batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=workers),

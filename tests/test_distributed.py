@@ -98,7 +98,9 @@ def assert_same(result, single):
 
 
 def test_a_ray_job_gives_the_single_machine_result_and_commits_it_once(cluster, embedder, folder, single, tmp_path):
-    result = extract_on_ray(folder, embedder, tmp_path, batch_size=8, workers=2, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", distributed.SharedStorageWarning)  # every image was read by the workers
+        result = extract_on_ray(folder, embedder, tmp_path, batch_size=8, workers=2, progress=False)
     assert len(single.paths) == 40 and {skip.path for skip in single.skipped} == {"a/truncated.jpg", "b/notes.jpg"}
     assert_same(result, single)
     assert result.changes.resumed == 0 and result.changes.embedded == 40
@@ -203,3 +205,16 @@ def test_the_command_line_builds_on_ray_what_it_builds_here(cluster, folder, sin
     assert "40 images embedded, 2 skipped" in output
     assert_same(load_embeddings(tmp_path / "embeddings"), single)
     assert "Index Flat (recommended) of 40 vectors" in output
+
+
+def test_images_the_workers_cannot_read_are_embedded_here_with_a_warning(cluster, embedder, folder, single, tmp_path,
+                                                                         monkeypatch):
+    """An image folder the nodes do not share: the workers read nothing, the driver everything, and says why."""
+    width, height = embedder.info.input_size
+    monkeypatch.setattr(distributed, "read_files", lambda batch, root, input_size: {  # as if every file were missing
+        "path": np.array([], dtype=object), "size": np.zeros(0, np.int64), "mtime_ns": np.zeros(0, np.int64),
+        "sha256": np.array([], dtype=object), "pixels": np.zeros((0, height, width, 3), np.uint8)})
+    with pytest.warns(distributed.SharedStorageWarning, match=r"^40 images the Ray workers could not read were read "
+                      r"and embedded here, on the driver: .* must be on storage every node shares at the same path"):
+        result = extract_on_ray(folder, embedder, tmp_path, batch_size=8, workers=2, progress=False)
+    assert_same(result, single)
