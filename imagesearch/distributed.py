@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -206,19 +207,47 @@ def run_job(root: Path, files: pa.Table, info: EmbedderInfo, journal_dir: Path, 
         _Embed, fn_constructor_kwargs={"info": info.to_dict(), "journal_dir": str(journal_dir)},
         batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=workers),
         num_cpus=1 - READ_CPUS,  # an actor that dies is restarted and its batch retried: Ray Data's defaults
+        scheduling_strategy="SPREAD",  # a node each while there are nodes: a model uses every core of its node
     )
     return [journal_dir / name for batch in dataset.iter_batches(batch_format="numpy") for name in batch["journal"]
             if name]
 
 
-def runtime_env() -> dict:
+def runtime_env(install: bool | None = None) -> dict:
     """Ray's runtime environment for a job that runs this package: the package itself, shipped to every worker.
 
     Pass it to `ray.init(runtime_env=...)` when you start Ray yourself: workers do not see the driver's
     `sys.path`, so a driver that found the package by path (a notebook's `sys.path.insert`) would leave them
-    without it. Ray copies code only: TensorFlow and the other requirements must be installed on every node.
+    without it. Ray copies code only: TensorFlow and the other requirements must be installed on every node,
+    unless `install` (default: $IMAGESEARCH_RAY_PIP is 1) has Ray install those the workers need, at the bounds
+    of requirements.txt, into a virtual environment on each node the first time a job runs there (minutes: it
+    downloads TensorFlow), kept for the jobs after.
     """
-    return {"py_modules": [str(Path(__file__).resolve().parent)]}
+    env: dict = {"py_modules": [str(Path(__file__).resolve().parent)]}
+    if install is None:
+        install = os.environ.get(PIP_ENV, "") == "1"
+    if install:
+        env["pip"] = {"packages": worker_requirements(), "pip_check": False}
+    return env
+
+
+#: Set to 1, and the command line's Ray jobs install the workers' requirements on each node (`runtime_env`).
+PIP_ENV = "IMAGESEARCH_RAY_PIP"
+#: What a Ray worker imports, of requirements.txt: the models, FAISS, the columns, the images, and Ray.
+WORKER_PACKAGES = ("tensorflow", "keras", "keras-hub", "ai-edge-litert", "faiss-cpu", "numpy", "pyarrow", "pillow",
+                   "tqdm", "ray")
+
+
+def worker_requirements(requirements: Path | None = None) -> list[str]:
+    """The lines of requirements.txt (beside the package) that name a package a worker imports."""
+    path = requirements or Path(__file__).resolve().parents[1] / "requirements.txt"
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as error:
+        raise ArtifactError(f"cannot read {path} ({error.strerror}): it lists what Ray installs on the nodes; "
+                            f"install the requirements on every node instead, and unset {PIP_ENV}") from error
+    return [line.strip() for line in lines
+            if re.split(r"[\[<>=!~ ]", line.strip(), maxsplit=1)[0].lower() in WORKER_PACKAGES]
 
 
 #: The share of a CPU Ray reserves for a reading task, and leaves a model actor the rest of: on a node of one CPU,

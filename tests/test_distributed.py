@@ -218,3 +218,16 @@ def test_images_the_workers_cannot_read_are_embedded_here_with_a_warning(cluster
                       r"and embedded here, on the driver: .* must be on storage every node shares at the same path"):
         result = extract_on_ray(folder, embedder, tmp_path, batch_size=8, workers=2, progress=False)
     assert_same(result, single)
+
+
+def test_the_runtime_environment_installs_what_the_workers_import_only_when_asked(repo_root, monkeypatch, tmp_path):
+    monkeypatch.delenv(distributed.PIP_ENV, raising=False)
+    assert runtime_env() == {"py_modules": [str(repo_root / "imagesearch")]}
+    monkeypatch.setenv(distributed.PIP_ENV, "1")
+    packages = runtime_env()["pip"]["packages"]
+    lines = [line.strip() for line in (repo_root / "requirements.txt").read_text().splitlines()]
+    assert all(package in lines for package in packages)  # as requirements.txt bounds them
+    assert {package.split(">")[0] for package in packages} == {*distributed.WORKER_PACKAGES} - {"ray"} | {"ray[data]"}
+    with pytest.raises(ArtifactError, match=r"^cannot read .*requirements\.txt \(No such file or directory\): it lists "
+                                            r"what Ray installs on the nodes; install the requirements on every node"):
+        distributed.worker_requirements(tmp_path / "requirements.txt")
