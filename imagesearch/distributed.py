@@ -206,8 +206,9 @@ def run_job(root: Path, files: pa.Table, info: EmbedderInfo, journal_dir: Path, 
     ).map_batches(
         _Embed, fn_constructor_kwargs={"info": info.to_dict(), "journal_dir": str(journal_dir)},
         batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=workers),
-        num_cpus=1 - READ_CPUS,  # an actor that dies is restarted and its batch retried: Ray Data's defaults
-        scheduling_strategy="SPREAD",  # a node each while there are nodes: a model uses every core of its node
+        # Ray Data's defaults: actors spread over the nodes (a model uses every core of its node), and an actor that
+        # dies restarted, its batch retried.
+        num_cpus=1 - READ_CPUS,
     )
     return [journal_dir / name for batch in dataset.iter_batches(batch_format="numpy") for name in batch["journal"]
             if name]
