@@ -69,7 +69,8 @@ def extract(args: argparse.Namespace) -> int:
     if args.ray is not None:  # the same plan, journal and commit; the reading, the model and the shards on Ray
         from .distributed import extract_on_ray, save_on_ray
 
-        print(f"  on Ray ({os.environ.get('RAY_ADDRESS') or 'a local instance'}), {args.ray} embedding workers")
+        actors = f"{args.ray} model actor{'s' if args.ray > 1 else ''}"
+        print(f"  on Ray ({os.environ.get('RAY_ADDRESS') or 'a local instance'}), {actors}")
         embeddings = extract_on_ray(args.images, embedder, folder, previous, args.batch_size, workers=args.ray)
         embeddings = save_on_ray(embeddings, folder)
     else:

@@ -201,7 +201,7 @@ def test_the_command_line_builds_on_ray_what_it_builds_here(cluster, folder, sin
     model = ["--weights", "random", "--runtime", "tensorflow", "--batch-size", "8"]
     assert cli.main(["build", "--images", str(folder), "--artifacts", str(tmp_path), *model, "--ray", "2"]) == 0
     output = capsys.readouterr().out
-    assert "on Ray (" in output and "2 embedding workers" in output
+    assert "on Ray (" in output and "2 model actors" in output
     assert "40 images embedded, 2 skipped" in output
     assert_same(load_embeddings(tmp_path / "embeddings"), single)
     assert "Index Flat (recommended) of 40 vectors" in output
