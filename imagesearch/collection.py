@@ -234,8 +234,7 @@ class ShardWrite:
     def __call__(self) -> None:
         with atomic_path(self.directory / self.vectors) as temporary:
             write_shard(temporary, self.store, np.arange(len(self.store)))
-        with atomic_path(self.directory / self.items) as temporary:
-            pq.write_table(self.table, temporary, compression="zstd")
+        _write_parquet(self.directory / self.items, self.table)
 
 
 def write_here(writes: Sequence[ShardWrite]) -> None:
@@ -380,8 +379,7 @@ def _items_table(records: Records, rows: np.ndarray, vector_rows: np.ndarray) ->
 def _write_items(directory: Path, records: Records, rows: np.ndarray, vector_rows: np.ndarray) -> str:
     """Write the records of `rows`, with the row of each one's vector in its shard; return the file's name."""
     name = fresh_name(ITEMS_STEM, PARQUET_SUFFIX)
-    with atomic_path(directory / name) as temporary:
-        pq.write_table(_items_table(records, rows, vector_rows), temporary, compression="zstd")
+    _write_parquet(directory / name, _items_table(records, rows, vector_rows))
     return name
 
 
@@ -389,9 +387,14 @@ def _write_skipped(directory: Path, skipped: list[Skipped]) -> str:
     table = pa.table({"path": [skip.path for skip in skipped], "reason": [skip.reason for skip in skipped]},
                      schema=SKIPPED_SCHEMA)
     name = fresh_name(SKIPPED_STEM, PARQUET_SUFFIX)
-    with atomic_path(directory / name) as temporary:
-        pq.write_table(table, temporary, compression="zstd")
+    _write_parquet(directory / name, table)
     return name
+
+
+def _write_parquet(path: Path, table: pa.Table) -> None:
+    """Write `table` to `path` as Parquet (zstd), atomically: an items or a skipped file of a save."""
+    with atomic_path(path) as temporary:
+        pq.write_table(table, temporary, compression="zstd")
 
 
 def _write_skipped_report(path: Path, skipped: list[Skipped]) -> None:
